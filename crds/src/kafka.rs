@@ -1,0 +1,166 @@
+//! The Kafka cluster connection.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How to reach Kafka. `S` names a secret: [`crate::SecretKeyRef`] in the
+/// custom resource, [`crate::SecretSource`] in the runtime file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaSpec<S> {
+    /// Comma-separated `host:port` list of bootstrap brokers.
+    pub bootstrap_servers: String,
+    /// TLS to the brokers (security protocol SSL or SASL_SSL). Absent: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTls<S>>,
+    /// SASL authentication (security protocol SASL_PLAINTEXT or SASL_SSL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<KafkaAuthentication<S>>,
+    /// Producer settings for MQTT→Kafka routes.
+    #[serde(default)]
+    pub producer: ProducerSettings,
+    /// Consumer settings for Kafka→MQTT routes.
+    #[serde(default)]
+    pub consumer: ConsumerSettings,
+    /// Further librdkafka properties passed through as they are. Keys that carry
+    /// secrets (`sasl.password`, `ssl.key.password`, …) are refused here: use the secret fields.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// TLS to Kafka.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaTls<S> {
+    /// PEM CA certificate(s) the brokers' certificates must chain to. Without it the system roots are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_ca: Option<S>,
+    /// PEM client certificate for mutual TLS (needs `clientKey`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<S>,
+    /// PEM private key of the client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<S>,
+}
+
+/// Kafka SASL authentication.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaAuthentication<S> {
+    /// SASL mechanism, or `none`.
+    #[serde(rename = "type")]
+    pub kind: KafkaAuthenticationType,
+    /// SASL user name; required unless `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// SASL password; required unless `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<S>,
+}
+
+/// Kafka SASL mechanism.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum KafkaAuthenticationType {
+    /// No SASL.
+    #[serde(rename = "none")]
+    None,
+    /// SASL PLAIN (e.g. Confluent Cloud API keys).
+    #[serde(rename = "plain")]
+    Plain,
+    /// SASL SCRAM-SHA-256.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// SASL SCRAM-SHA-512.
+    #[serde(rename = "scram-sha-512")]
+    ScramSha512,
+}
+
+/// Producer settings. The producer is always idempotent with `acks=all`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProducerSettings {
+    /// Compression codec for produced batches.
+    #[serde(default)]
+    pub compression: Compression,
+    /// How long the producer waits to fill a batch (librdkafka `linger.ms`).
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u32,
+    /// Upper bound of records held by the producer (sent or waiting); the bridge
+    /// stops taking MQTT messages while it is reached.
+    #[serde(default = "default_max_in_flight_records")]
+    pub max_in_flight_records: u32,
+    /// Upper bound of the producer queue in KiB (librdkafka `queue.buffering.max.kbytes`).
+    #[serde(default = "default_queue_max_kbytes")]
+    pub queue_max_kbytes: u32,
+    /// How long a record may take to be acknowledged before it counts as failed
+    /// (librdkafka `delivery.timeout.ms`); a failed record is retried, never acknowledged to MQTT.
+    #[serde(default = "default_delivery_timeout_ms")]
+    pub delivery_timeout_ms: u32,
+}
+
+impl Default for ProducerSettings {
+    fn default() -> Self {
+        Self {
+            compression: Compression::default(),
+            linger_ms: default_linger_ms(),
+            max_in_flight_records: default_max_in_flight_records(),
+            queue_max_kbytes: default_queue_max_kbytes(),
+            delivery_timeout_ms: default_delivery_timeout_ms(),
+        }
+    }
+}
+
+/// Compression codec.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    #[default]
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+/// Consumer settings for Kafka→MQTT routes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// Consumer group id. Defaults to the MQTT `clientIdPrefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// Where a group with no committed offset starts.
+    #[serde(default)]
+    pub auto_offset_reset: AutoOffsetReset,
+}
+
+/// Where a new consumer group starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoOffsetReset {
+    /// The oldest retained record.
+    Earliest,
+    /// Only records produced from now on.
+    #[default]
+    Latest,
+}
+
+fn default_linger_ms() -> u32 {
+    5
+}
+fn default_max_in_flight_records() -> u32 {
+    10_000
+}
+fn default_queue_max_kbytes() -> u32 {
+    32 * 1024
+}
+fn default_delivery_timeout_ms() -> u32 {
+    120_000
+}

@@ -1,0 +1,101 @@
+//! The MQTT broker connection.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How to reach the MQTT broker. `S` names a secret: [`crate::SecretKeyRef`]
+/// in the custom resource, [`crate::SecretSource`] in the runtime file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MqttSpec<S> {
+    /// Broker address: `mqtt://host:port` (plain TCP) or `mqtts://host:port` (TLS).
+    pub url: String,
+    /// MQTT protocol version spoken to the broker.
+    #[serde(default)]
+    pub protocol_version: MqttProtocolVersion,
+    /// Client ids are `<clientIdPrefix>-<slot>-<connection>`. Must stay the same
+    /// across restarts so the broker keeps the persistent session and its queued messages.
+    pub client_id_prefix: String,
+    /// Keep-alive interval in seconds.
+    #[serde(default = "default_keep_alive_seconds")]
+    pub keep_alive_seconds: u16,
+    /// How long the broker keeps the session (and queues QoS 1/2 messages for it)
+    /// while the bridge is disconnected. MQTT 5 only; MQTT 3.1.1 sessions persist until cleaned.
+    #[serde(default = "default_session_expiry_seconds")]
+    pub session_expiry_seconds: u32,
+    /// When set, subscriptions are shared (`$share/<group>/<filter>`) so that
+    /// several connections and replicas split the messages between them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_subscription_group: Option<String>,
+    /// MQTT connections per replica. Each connection has its own in-flight window at the broker.
+    #[serde(default = "default_connections")]
+    pub connections: u16,
+    /// TLS settings for `mqtts://` URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MqttTls<S>>,
+    /// How the bridge authenticates to the broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<MqttAuthentication<S>>,
+}
+
+/// MQTT protocol version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MqttProtocolVersion {
+    /// MQTT 3.1.1.
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    /// MQTT 5.
+    #[serde(rename = "5")]
+    V5,
+}
+
+/// TLS to the MQTT broker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MqttTls<S> {
+    /// PEM CA certificate(s) the broker's certificate must chain to. Without it the system roots are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_ca: Option<S>,
+    /// PEM client certificate, for brokers that require mutual TLS (needs `clientKey`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<S>,
+    /// PEM private key of the client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<S>,
+}
+
+/// MQTT authentication.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MqttAuthentication<S> {
+    /// `none` or `password` (username and password in the CONNECT packet).
+    #[serde(rename = "type")]
+    pub kind: MqttAuthenticationType,
+    /// User name; required for `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The password; required for `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<S>,
+}
+
+/// MQTT authentication type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttAuthenticationType {
+    /// Anonymous.
+    None,
+    /// Username and password.
+    Password,
+}
+
+fn default_keep_alive_seconds() -> u16 {
+    30
+}
+fn default_session_expiry_seconds() -> u32 {
+    3600
+}
+fn default_connections() -> u16 {
+    1
+}

@@ -1,0 +1,104 @@
+//! Topic mappings. A route carries messages in exactly one direction.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One topic mapping. Exactly one of `mqttToKafka` or `kafkaToMqtt` is set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    /// Unique name of the route; used in metric labels and dead-letter headers.
+    pub name: String,
+    /// Carry MQTT messages matching a topic filter into Kafka.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_to_kafka: Option<MqttToKafka>,
+    /// Carry Kafka records into MQTT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_to_mqtt: Option<KafkaToMqtt>,
+    /// Kafka topic receiving messages this route cannot map (missing JSON field,
+    /// payload not JSON, invalid resulting topic), with a header saying why.
+    /// Without it such messages are counted as dropped, never retried forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+}
+
+/// MQTT → Kafka mapping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MqttToKafka {
+    /// MQTT topic filter, with `+` (one level) and `#` (the remaining levels) wildcards,
+    /// e.g. `sensors/+/temperature`.
+    pub mqtt_topic_filter: String,
+    /// QoS of the subscription. QoS 1 and 2 are acknowledged to the broker only
+    /// after Kafka acknowledged the record.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Kafka topic, fixed or a template over the wildcard levels of the filter:
+    /// `{1}` is the level matched by the first wildcard, `{2}` by the second, …
+    /// e.g. `sensors/+/temperature` → `sensors.{1}`.
+    pub kafka_topic: String,
+    /// How the Kafka record key is chosen.
+    #[serde(default)]
+    pub key: KafkaKey,
+    /// Copy the MQTT topic, QoS, retain flag and MQTT 5 user properties and
+    /// content type into Kafka record headers.
+    #[serde(default = "default_true")]
+    pub headers: bool,
+}
+
+/// How the Kafka record key of an MQTT message is chosen.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaKey {
+    /// `none`, `mqttTopic`, `topicLevel` (the wildcard level given by `level`)
+    /// or `jsonField` (the payload field given by `field`).
+    #[serde(rename = "type", default)]
+    pub kind: KafkaKeyType,
+    /// Wildcard level (1-based, as in `{1}`) for `topicLevel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<u8>,
+    /// JSON payload field for `jsonField`; dots reach into nested objects (`device.id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Kind of Kafka record key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum KafkaKeyType {
+    /// No key: the producer spreads records over partitions.
+    #[default]
+    None,
+    /// The full MQTT topic.
+    MqttTopic,
+    /// One wildcard level of the MQTT topic.
+    TopicLevel,
+    /// A field of the JSON payload.
+    JsonField,
+}
+
+/// Kafka → MQTT mapping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaToMqtt {
+    /// Kafka topics to consume.
+    pub kafka_topics: Vec<String>,
+    /// MQTT topic, fixed or a template: `{key}` is the record key, any other
+    /// `{name}` a field of the JSON payload (dots reach into nested objects),
+    /// e.g. `sensors/{sensor_id}`.
+    pub mqtt_topic: String,
+    /// QoS of the publishes. With QoS 1 or 2 a Kafka offset is committed only
+    /// after the broker acknowledged every publish before it.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Publish with the retain flag.
+    #[serde(default)]
+    pub retain: bool,
+}
+
+fn default_qos() -> u8 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
