@@ -1,5 +1,84 @@
-//! The bridge binary. The bridge itself comes with the bridge-runtime issue.
+//! The bridge binary: parses the command line and hands over to the library.
 
-fn main() {
-    println!("bridge-runtime {}", env!("CARGO_PKG_VERSION"));
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bridge_runtime::{check, config};
+use clap::{Parser, Subcommand};
+
+/// At-least-once MQTT <-> Kafka bridge.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge.
+    Run {
+        /// The configuration file.
+        #[arg(long, env = "BRIDGE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration without connecting; optionally show where a message would go.
+    Check {
+        /// The configuration file.
+        #[arg(long, env = "BRIDGE_CONFIG")]
+        config: PathBuf,
+        /// An MQTT topic to route.
+        #[arg(long)]
+        mqtt_topic: Option<String>,
+        /// A Kafka topic to route (Kafka→MQTT).
+        #[arg(long)]
+        kafka_topic: Option<String>,
+        /// The Kafka record key, with --kafka-topic.
+        #[arg(long)]
+        key: Option<String>,
+        /// The payload of the sample message.
+        #[arg(long, default_value = "")]
+        payload: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check {
+            config,
+            mqtt_topic,
+            kafka_topic,
+            key,
+            payload,
+        } => match config::load(&config) {
+            Ok(c) => {
+                print!("{}", check::describe_routes(&c));
+                if let Some(t) = mqtt_topic {
+                    print!(
+                        "{}",
+                        check::describe_mqtt_message(&c, &t, payload.as_bytes())
+                    );
+                }
+                if let Some(t) = kafka_topic {
+                    print!(
+                        "{}",
+                        check::describe_kafka_record(
+                            &c,
+                            &t,
+                            key.as_deref().map(str::as_bytes),
+                            payload.as_bytes()
+                        )
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => bridge_runtime::bridge::main(&config),
+    }
 }

@@ -16,3 +16,5 @@ pub use kafka::*;
 pub use mqtt::*;
 pub use route::*;
 pub use secret::*;
+pub mod config;
+pub use config::*;

@@ -1,0 +1,161 @@
+//! `bridge-runtime check`: validate without connecting and show where a
+//! sample message would go, so a user can try a configuration safely.
+
+use std::fmt::Write as _;
+
+use crate::config::ValidatedConfig;
+use crate::routes::{Disposition, KeyRule, MqttMessage};
+
+/// Text describing the resolved routes.
+pub fn describe_routes(config: &ValidatedConfig) -> String {
+    let mut out = String::new();
+    let c = &config.config;
+    let _ = writeln!(
+        out,
+        "configuration OK: MQTT {} (MQTT {}, {} connection(s), client ids {}), Kafka {}",
+        c.mqtt.url,
+        match c.mqtt.protocol_version {
+            crds::MqttProtocolVersion::V311 => "3.1.1",
+            crds::MqttProtocolVersion::V5 => "5",
+        },
+        c.mqtt.connections,
+        config.client_id("<n>"),
+        c.kafka.bootstrap_servers
+    );
+    for r in &config.routes.mqtt_to_kafka {
+        let key = match &r.key {
+            KeyRule::None => "none".to_owned(),
+            KeyRule::MqttTopic => "MQTT topic".to_owned(),
+            KeyRule::Level(n) => format!("wildcard level {{{n}}}"),
+            KeyRule::Field(f) => format!("JSON field {f}"),
+        };
+        let _ = writeln!(
+            out,
+            "route {}: MQTT {} (QoS {}) -> Kafka {} key {key}{}{}",
+            r.name,
+            r.filter,
+            r.qos,
+            template_text(c, &r.name),
+            if r.headers { " with headers" } else { "" },
+            r.dead_letter_topic
+                .as_ref()
+                .map(|d| format!(", dead letters to {d}"))
+                .unwrap_or_default()
+        );
+    }
+    for r in &config.routes.kafka_to_mqtt {
+        let _ = writeln!(
+            out,
+            "route {}: Kafka {} -> MQTT {} (QoS {}{}){}",
+            r.name,
+            r.kafka_topics.join(","),
+            template_text(c, &r.name),
+            r.qos,
+            if r.retain { ", retained" } else { "" },
+            r.dead_letter_topic
+                .as_ref()
+                .map(|d| format!(", dead letters to {d}"))
+                .unwrap_or_default()
+        );
+    }
+    out
+}
+
+fn template_text(c: &crds::BridgeConfig, name: &str) -> String {
+    c.routes
+        .iter()
+        .find(|r| r.name == name)
+        .and_then(|r| {
+            r.mqtt_to_kafka
+                .as_ref()
+                .map(|m| m.kafka_topic.clone())
+                .or_else(|| r.kafka_to_mqtt.as_ref().map(|k| k.mqtt_topic.clone()))
+        })
+        .unwrap_or_default()
+}
+
+/// Text describing where an MQTT message would go.
+pub fn describe_mqtt_message(config: &ValidatedConfig, topic: &str, payload: &[u8]) -> String {
+    let msg = MqttMessage {
+        topic,
+        payload,
+        qos: 1,
+        retain: false,
+        user_properties: &[],
+        content_type: None,
+    };
+    let plans = config.routes.plan_mqtt(&msg);
+    let mut out = String::new();
+    if plans.is_empty() {
+        let _ = writeln!(out, "MQTT {topic}: no route matches");
+    }
+    for (i, d) in plans {
+        let name = &config.routes.mqtt_to_kafka[i].name;
+        match d {
+            Disposition::Forward(r) => {
+                let _ = writeln!(
+                    out,
+                    "MQTT {topic} -> route {name}: Kafka topic {} key {} headers [{}]",
+                    r.topic,
+                    r.key
+                        .map(|k| String::from_utf8_lossy(&k).into_owned())
+                        .unwrap_or_else(|| "(none)".into()),
+                    headers_text(&r.headers)
+                );
+            }
+            Disposition::DeadLetter { record, reason } => {
+                let _ = writeln!(
+                    out,
+                    "MQTT {topic} -> route {name}: dead letter to {} ({reason}) headers [{}]",
+                    record.topic,
+                    headers_text(&record.headers)
+                );
+            }
+            Disposition::Drop { reason } => {
+                let _ = writeln!(out, "MQTT {topic} -> route {name}: dropped ({reason})");
+            }
+        }
+    }
+    out
+}
+
+/// Text describing where a Kafka record would go.
+pub fn describe_kafka_record(
+    config: &ValidatedConfig,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: &[u8],
+) -> String {
+    let plans = config.routes.plan_kafka(topic, key, payload);
+    let mut out = String::new();
+    if plans.is_empty() {
+        let _ = writeln!(out, "Kafka {topic}: no route consumes it");
+    }
+    for (i, d) in plans {
+        let name = &config.routes.kafka_to_mqtt[i].name;
+        let _ = match d {
+            Disposition::Forward(p) => writeln!(
+                out,
+                "Kafka {topic} -> route {name}: MQTT topic {} QoS {} retain {}",
+                p.topic, p.qos, p.retain
+            ),
+            Disposition::DeadLetter { record, reason } => writeln!(
+                out,
+                "Kafka {topic} -> route {name}: dead letter to {} ({reason})",
+                record.topic
+            ),
+            Disposition::Drop { reason } => {
+                writeln!(out, "Kafka {topic} -> route {name}: dropped ({reason})")
+            }
+        };
+    }
+    out
+}
+
+fn headers_text(headers: &[(String, Vec<u8>)]) -> String {
+    headers
+        .iter()
+        .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,720 @@
+//! Loading and checking the configuration file. Everything that can be
+//! wrong with it is found here, before any connection, and reported with the
+//! path of the offending field (exit code 2).
+
+use std::fmt;
+use std::path::Path;
+
+use crds::{
+    BridgeConfig, KafkaAuthenticationType, MqttAuthenticationType, MqttProtocolVersion,
+    SecretSource,
+};
+
+use crate::error::BridgeError;
+use crate::routes::RouteTable;
+
+/// Environment variable carrying the replica's stable slot (see [`BridgeConfig`]).
+pub const SLOT_ENV: &str = "BRIDGE_SLOT";
+
+/// A secret value. Its `Debug` never shows the value, so it cannot leak
+/// into logs or error messages by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(Vec<u8>);
+
+impl SecretValue {
+    /// The raw bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+    /// The value as text (secrets given to librdkafka and MQTT CONNECT are text).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0)
+            .trim_end_matches(['\n', '\r'])
+            .to_owned()
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretValue(***)")
+    }
+}
+
+/// The secret values named by the configuration, read once at start.
+#[derive(Clone, Debug, Default)]
+pub struct Secrets {
+    /// MQTT password.
+    pub mqtt_password: Option<SecretValue>,
+    /// MQTT CA certificate (PEM).
+    pub mqtt_ca: Option<SecretValue>,
+    /// MQTT client certificate (PEM).
+    pub mqtt_client_certificate: Option<SecretValue>,
+    /// MQTT client key (PEM).
+    pub mqtt_client_key: Option<SecretValue>,
+    /// Kafka SASL password.
+    pub kafka_password: Option<SecretValue>,
+    /// Kafka CA certificate (PEM).
+    pub kafka_ca: Option<SecretValue>,
+    /// Kafka client certificate (PEM).
+    pub kafka_client_certificate: Option<SecretValue>,
+    /// Kafka client key (PEM).
+    pub kafka_client_key: Option<SecretValue>,
+}
+
+/// Where the MQTT broker is, from `mqtt.url`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MqttEndpoint {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// `mqtts://`.
+    pub tls: bool,
+}
+
+/// A configuration that passed every check.
+#[derive(Clone, Debug)]
+pub struct ValidatedConfig {
+    /// The file as written.
+    pub config: BridgeConfig,
+    /// Secret values it names.
+    pub secrets: Secrets,
+    /// The parsed broker URL.
+    pub mqtt_endpoint: MqttEndpoint,
+    /// This replica's slot (from `BRIDGE_SLOT`).
+    pub slot: u32,
+    /// The compiled routes.
+    pub routes: RouteTable,
+}
+
+impl ValidatedConfig {
+    /// Client id of MQTT connection `index`: `<clientIdPrefix>-<slot>-<index>`.
+    pub fn client_id(&self, index: impl fmt::Display) -> String {
+        format!(
+            "{}-{}-{}",
+            self.config.mqtt.client_id_prefix, self.slot, index
+        )
+    }
+
+    /// Kafka consumer group of the Kafka→MQTT routes.
+    pub fn group_id(&self) -> String {
+        self.config
+            .kafka
+            .consumer
+            .group_id
+            .clone()
+            .unwrap_or_else(|| self.config.mqtt.client_id_prefix.clone())
+    }
+
+    /// Value of the loop-prevention marker this bridge puts on what it publishes.
+    pub fn origin(&self) -> &str {
+        &self.config.mqtt.client_id_prefix
+    }
+}
+
+/// Reads, parses and checks a configuration file.
+pub fn load(path: &Path) -> Result<ValidatedConfig, BridgeError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BridgeError::ConfigUnreadable {
+        path: path.to_owned(),
+        source,
+    })?;
+    let slot = match std::env::var(SLOT_ENV) {
+        Ok(s) if !s.is_empty() => s
+            .parse()
+            .map_err(|_| BridgeError::invalid(SLOT_ENV, format!("`{s}` is not a number")))?,
+        _ => 0,
+    };
+    validate(parse(&text)?, slot)
+}
+
+/// Parses YAML; the error names the field (serde_yaml reports its path).
+pub fn parse(text: &str) -> Result<BridgeConfig, BridgeError> {
+    serde_yaml::from_str(text).map_err(|e| BridgeError::ConfigSyntax(e.to_string()))
+}
+
+/// librdkafka properties that carry secrets: they go through the secret fields.
+const SECRET_PROPERTIES: &[&str] = &[
+    "sasl.password",
+    "sasl.jaas.config",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.client.secret",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl_key",
+    "ssl.keystore.password",
+    "ssl.truststore.password",
+];
+
+/// librdkafka properties the bridge sets itself, for delivery guarantees or
+/// because a typed field exists.
+const MANAGED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "ssl.ca.pem",
+    "ssl.certificate.pem",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "delivery.timeout.ms",
+    "message.timeout.ms",
+    "compression.type",
+    "compression.codec",
+    "linger.ms",
+];
+
+/// Checks every field and reads the secrets.
+pub fn validate(config: BridgeConfig, slot: u32) -> Result<ValidatedConfig, BridgeError> {
+    let mqtt = &config.mqtt;
+    let mqtt_endpoint = parse_mqtt_url(&mqtt.url)?;
+    if mqtt.client_id_prefix.is_empty()
+        || !mqtt
+            .client_id_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(BridgeError::invalid(
+            "mqtt.clientIdPrefix",
+            "must be non-empty and use only a-z A-Z 0-9 - _ .",
+        ));
+    }
+    if mqtt.client_id_prefix.len() > 200 {
+        return Err(BridgeError::invalid(
+            "mqtt.clientIdPrefix",
+            "must be at most 200 characters",
+        ));
+    }
+    if mqtt.connections == 0 {
+        return Err(BridgeError::invalid(
+            "mqtt.connections",
+            "must be at least 1",
+        ));
+    }
+    if mqtt.connections > 1
+        && mqtt.shared_subscription_group.is_none()
+        && config.routes.iter().any(|r| r.mqtt_to_kafka.is_some())
+    {
+        return Err(BridgeError::invalid(
+            "mqtt.connections",
+            "more than one connection needs mqtt.sharedSubscriptionGroup, or every message arrives once per connection",
+        ));
+    }
+    if let Some(group) = &mqtt.shared_subscription_group
+        && (group.is_empty() || group.contains(['/', '+', '#']))
+    {
+        return Err(BridgeError::invalid(
+            "mqtt.sharedSubscriptionGroup",
+            "must be non-empty and must not contain `/`, `+` or `#`",
+        ));
+    }
+    if mqtt.protocol_version == MqttProtocolVersion::V5 && config.mqtt_receive_maximum == 0 {
+        return Err(BridgeError::invalid(
+            "mqttReceiveMaximum",
+            "must be at least 1",
+        ));
+    }
+    if mqtt.keep_alive_seconds != 0 && mqtt.keep_alive_seconds < 5 {
+        return Err(BridgeError::invalid(
+            "mqtt.keepAliveSeconds",
+            "must be 0 (off) or at least 5",
+        ));
+    }
+
+    let mut secrets = Secrets::default();
+    if let Some(tls) = &mqtt.tls {
+        if !mqtt_endpoint.tls {
+            return Err(BridgeError::invalid(
+                "mqtt.tls",
+                "TLS settings need an `mqtts://` URL",
+            ));
+        }
+        secrets.mqtt_ca = read_optional(&tls.trusted_ca, "mqtt.tls.trustedCa")?;
+        secrets.mqtt_client_certificate =
+            read_optional(&tls.client_certificate, "mqtt.tls.clientCertificate")?;
+        secrets.mqtt_client_key = read_optional(&tls.client_key, "mqtt.tls.clientKey")?;
+        if secrets.mqtt_client_certificate.is_some() != secrets.mqtt_client_key.is_some() {
+            return Err(BridgeError::invalid(
+                "mqtt.tls.clientKey",
+                "clientCertificate and clientKey go together",
+            ));
+        }
+    }
+    if let Some(auth) = &mqtt.authentication {
+        match auth.kind {
+            MqttAuthenticationType::None => {}
+            MqttAuthenticationType::Password => {
+                if auth.username.as_deref().is_none_or(str::is_empty) {
+                    return Err(BridgeError::invalid(
+                        "mqtt.authentication.username",
+                        "required for type `password`",
+                    ));
+                }
+                let Some(source) = &auth.password_secret else {
+                    return Err(BridgeError::invalid(
+                        "mqtt.authentication.passwordSecret",
+                        "required for type `password`",
+                    ));
+                };
+                secrets.mqtt_password =
+                    Some(read_secret(source, "mqtt.authentication.passwordSecret")?);
+            }
+        }
+    }
+
+    let kafka = &config.kafka;
+    if kafka.bootstrap_servers.trim().is_empty() {
+        return Err(BridgeError::invalid(
+            "kafka.bootstrapServers",
+            "must not be empty",
+        ));
+    }
+    for server in kafka.bootstrap_servers.split(',') {
+        let server = server.trim();
+        let port_ok = server
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(BridgeError::invalid(
+                "kafka.bootstrapServers",
+                format!("`{server}` is not host:port"),
+            ));
+        }
+    }
+    if let Some(tls) = &kafka.tls {
+        secrets.kafka_ca = read_optional(&tls.trusted_ca, "kafka.tls.trustedCa")?;
+        secrets.kafka_client_certificate =
+            read_optional(&tls.client_certificate, "kafka.tls.clientCertificate")?;
+        secrets.kafka_client_key = read_optional(&tls.client_key, "kafka.tls.clientKey")?;
+        if secrets.kafka_client_certificate.is_some() != secrets.kafka_client_key.is_some() {
+            return Err(BridgeError::invalid(
+                "kafka.tls.clientKey",
+                "clientCertificate and clientKey go together",
+            ));
+        }
+    }
+    if let Some(auth) = &kafka.authentication
+        && auth.kind != KafkaAuthenticationType::None
+    {
+        if auth.username.as_deref().is_none_or(str::is_empty) {
+            return Err(BridgeError::invalid(
+                "kafka.authentication.username",
+                "required unless type is `none`",
+            ));
+        }
+        let Some(source) = &auth.password_secret else {
+            return Err(BridgeError::invalid(
+                "kafka.authentication.passwordSecret",
+                "required unless type is `none`",
+            ));
+        };
+        secrets.kafka_password = Some(read_secret(source, "kafka.authentication.passwordSecret")?);
+    }
+    for key in kafka.properties.keys() {
+        let field = format!("kafka.properties[{key}]");
+        let lower = key.to_ascii_lowercase();
+        if SECRET_PROPERTIES.contains(&lower.as_str())
+            || lower.contains("password")
+            || lower.contains("secret")
+        {
+            return Err(BridgeError::invalid(
+                field,
+                "carries a secret: use the secret fields (kafka.authentication.passwordSecret, kafka.tls.*) instead",
+            ));
+        }
+        if MANAGED_PROPERTIES.contains(&lower.as_str()) {
+            return Err(BridgeError::invalid(
+                field,
+                "is set by the bridge from its typed fields and cannot be overridden",
+            ));
+        }
+    }
+    let producer = &kafka.producer;
+    if producer.max_in_flight_records == 0 {
+        return Err(BridgeError::invalid(
+            "kafka.producer.maxInFlightRecords",
+            "must be at least 1",
+        ));
+    }
+    if producer.queue_max_kbytes == 0 {
+        return Err(BridgeError::invalid(
+            "kafka.producer.queueMaxKbytes",
+            "must be at least 1",
+        ));
+    }
+    if producer.delivery_timeout_ms < 1000 {
+        return Err(BridgeError::invalid(
+            "kafka.producer.deliveryTimeoutMs",
+            "must be at least 1000",
+        ));
+    }
+    if config.max_in_flight_publishes == 0 {
+        return Err(BridgeError::invalid(
+            "maxInFlightPublishes",
+            "must be at least 1",
+        ));
+    }
+    if config.http.address.parse::<std::net::SocketAddr>().is_err() {
+        return Err(BridgeError::invalid(
+            "http.address",
+            format!("`{}` is not ip:port", config.http.address),
+        ));
+    }
+    if tracing_subscriber::EnvFilter::try_new(&config.log.level).is_err() {
+        return Err(BridgeError::invalid(
+            "log.level",
+            format!("`{}` is not a log filter", config.log.level),
+        ));
+    }
+
+    let routes = RouteTable::compile(&config.routes)?;
+    Ok(ValidatedConfig {
+        config,
+        secrets,
+        mqtt_endpoint,
+        slot,
+        routes,
+    })
+}
+
+fn parse_mqtt_url(url: &str) -> Result<MqttEndpoint, BridgeError> {
+    let field = "mqtt.url";
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtt://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("mqtts://") {
+        (true, rest)
+    } else {
+        return Err(BridgeError::invalid(
+            field,
+            format!("`{url}` must start with mqtt:// or mqtts://"),
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.contains(['/', '@', '?']) {
+        return Err(BridgeError::invalid(
+            field,
+            "only mqtt[s]://host[:port] is supported (credentials go in mqtt.authentication)",
+        ));
+    }
+    let default_port = if tls { 8883 } else { 1883 };
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| BridgeError::invalid(field, "unclosed `[` in IPv6 address"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok(),
+            None if after.is_empty() => Some(default_port),
+            None => None,
+        };
+        (host.to_owned(), port)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().ok()),
+            None => (rest.to_owned(), Some(default_port)),
+        }
+    };
+    let port =
+        port.ok_or_else(|| BridgeError::invalid(field, format!("`{url}` has an invalid port")))?;
+    if host.is_empty() {
+        return Err(BridgeError::invalid(field, format!("`{url}` has no host")));
+    }
+    Ok(MqttEndpoint { host, port, tls })
+}
+
+fn read_optional(
+    source: &Option<SecretSource>,
+    field: &str,
+) -> Result<Option<SecretValue>, BridgeError> {
+    source.as_ref().map(|s| read_secret(s, field)).transpose()
+}
+
+/// Reads a secret from its file or environment variable.
+pub fn read_secret(source: &SecretSource, field: &str) -> Result<SecretValue, BridgeError> {
+    let unreadable = |message: String| BridgeError::SecretUnreadable {
+        field: field.to_owned(),
+        message,
+    };
+    let value = match (&source.file, &source.env) {
+        (Some(file), None) => {
+            std::fs::read(file).map_err(|e| unreadable(format!("file {}: {e}", file.display())))?
+        }
+        (None, Some(env)) => std::env::var(env)
+            .map_err(|_| unreadable(format!("environment variable {env} is not set")))?
+            .into_bytes(),
+        _ => {
+            return Err(BridgeError::invalid(
+                field,
+                "exactly one of `file` or `env` must be set",
+            ));
+        }
+    };
+    if value.is_empty() {
+        return Err(unreadable("the value is empty".into()));
+    }
+    Ok(SecretValue(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+mqtt:
+  url: mqtt://127.0.0.1:1883
+  clientIdPrefix: bridge
+kafka:
+  bootstrapServers: 127.0.0.1:9092
+routes:
+  - name: temps
+    mqttToKafka:
+      mqttTopicFilter: sensors/+/temperature
+      kafkaTopic: sensors.{1}
+"#;
+
+    fn check(text: &str) -> Result<ValidatedConfig, BridgeError> {
+        validate(parse(text)?, 0)
+    }
+
+    fn error_of(text: &str) -> String {
+        match check(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => {
+                assert!(e.is_config(), "{e}");
+                e.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let v = check(MINIMAL).unwrap();
+        assert_eq!(v.config.http.address, "0.0.0.0:8080");
+        assert_eq!(v.config.shutdown_grace_period_seconds, 30);
+        assert_eq!(v.mqtt_endpoint.port, 1883);
+        assert_eq!(v.client_id(3), "bridge-0-3");
+        assert_eq!(v.group_id(), "bridge");
+    }
+
+    #[test]
+    fn invalid_yaml_is_reported() {
+        let e = error_of("mqtt: [unclosed");
+        assert!(e.starts_with("invalid configuration"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_names_its_path() {
+        let text = MINIMAL.replace(
+            "clientIdPrefix: bridge",
+            "clientIdPrefix: bridge\n  colour: red",
+        );
+        let e = error_of(&text);
+        assert!(e.contains("mqtt") && e.contains("colour"), "{e}");
+        let text = MINIMAL.replace("      kafkaTopic", "      kafkaTopc");
+        let e = error_of(&text);
+        assert!(
+            e.contains("routes[0].mqttToKafka") && e.contains("kafkaTopc"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_topic_filter_names_the_route_field() {
+        let e = error_of(&MINIMAL.replace("sensors/+/temperature", "sensors/#/temperature"));
+        assert!(e.contains("routes[0].mqttToKafka.mqttTopicFilter"), "{e}");
+    }
+
+    #[test]
+    fn template_with_missing_level_is_refused() {
+        let e = error_of(&MINIMAL.replace("sensors.{1}", "sensors.{2}"));
+        assert!(
+            e.contains("routes[0].mqttToKafka.kafkaTopic") && e.contains("level 2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unreadable_secret_file_is_refused() {
+        let text = MINIMAL.replace(
+            "  bootstrapServers: 127.0.0.1:9092",
+            "  bootstrapServers: 127.0.0.1:9092\n  authentication:\n    type: plain\n    username: u\n    passwordSecret: {file: /nonexistent/pw}",
+        );
+        let e = error_of(&text);
+        assert!(
+            e.contains("kafka.authentication.passwordSecret") && e.contains("/nonexistent/pw"),
+            "{e}"
+        );
+        let e = check(&text).err().map(|e| e.reason());
+        assert_eq!(e, Some("SecretUnreadable"));
+    }
+
+    #[test]
+    fn secret_from_env_and_file() {
+        let dir = std::env::temp_dir().join(testname("secret"));
+        std::fs::write(&dir, "s3cret\n").unwrap();
+        let source = SecretSource {
+            file: Some(dir.clone()),
+            env: None,
+        };
+        let v = read_secret(&source, "x").unwrap();
+        assert_eq!(v.text(), "s3cret");
+        assert!(!format!("{v:?}").contains("s3cret"));
+        let both = SecretSource {
+            file: Some(dir.clone()),
+            env: Some("PATH".into()),
+        };
+        assert!(read_secret(&both, "x").is_err());
+        let env = SecretSource {
+            file: None,
+            env: Some("BRIDGE_TEST_SURELY_UNSET_VAR".into()),
+        };
+        let e = read_secret(&env, "f").unwrap_err().to_string();
+        assert!(e.contains("BRIDGE_TEST_SURELY_UNSET_VAR"), "{e}");
+        let _ = std::fs::remove_file(dir);
+    }
+
+    fn testname(p: &str) -> String {
+        format!(
+            "{p}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        )
+    }
+
+    #[test]
+    fn unsupported_sasl_mechanism_is_refused() {
+        let text = MINIMAL.replace(
+            "  bootstrapServers: 127.0.0.1:9092",
+            "  bootstrapServers: 127.0.0.1:9092\n  authentication:\n    type: gssapi\n    username: u",
+        );
+        let e = error_of(&text);
+        assert!(
+            e.contains("kafka.authentication.type") && e.contains("gssapi"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secret_properties_are_refused() {
+        for key in [
+            "sasl.password",
+            "ssl.key.password",
+            "sasl.jaas.config",
+            "ssl.keystore.password",
+        ] {
+            let text = MINIMAL.replace(
+                "  bootstrapServers: 127.0.0.1:9092",
+                &format!("  bootstrapServers: 127.0.0.1:9092\n  properties:\n    {key}: hunter2"),
+            );
+            let e = error_of(&text);
+            assert!(e.contains(&format!("kafka.properties[{key}]")), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        let text = MINIMAL.replace(
+            "  bootstrapServers: 127.0.0.1:9092",
+            "  bootstrapServers: 127.0.0.1:9092\n  properties:\n    enable.idempotence: 'false'",
+        );
+        assert!(error_of(&text).contains("kafka.properties[enable.idempotence]"));
+        let text = MINIMAL.replace(
+            "  bootstrapServers: 127.0.0.1:9092",
+            "  bootstrapServers: 127.0.0.1:9092\n  properties:\n    socket.keepalive.enable: 'true'",
+        );
+        assert!(check(&text).is_ok());
+    }
+
+    #[test]
+    fn other_field_errors() {
+        let cases = [
+            ("url: mqtt://127.0.0.1:1883", "url: http://x", "mqtt.url"),
+            (
+                "url: mqtt://127.0.0.1:1883",
+                "url: mqtt://h:99999",
+                "mqtt.url",
+            ),
+            (
+                "clientIdPrefix: bridge",
+                "clientIdPrefix: 'a b'",
+                "mqtt.clientIdPrefix",
+            ),
+            (
+                "bootstrapServers: 127.0.0.1:9092",
+                "bootstrapServers: nohost",
+                "kafka.bootstrapServers",
+            ),
+            (
+                "      kafkaTopic: sensors.{1}",
+                "      kafkaTopic: sensors.{1}\n      qos: 3",
+                "routes[0].mqttToKafka.qos",
+            ),
+            ("  - name: temps", "  - name: ''", "routes[0].name"),
+            (
+                "      kafkaTopic: sensors.{1}",
+                "      kafkaTopic: sensors.{1}\n      key: {type: topicLevel, level: 4}",
+                "routes[0].mqttToKafka.key.level",
+            ),
+            (
+                "      kafkaTopic: sensors.{1}",
+                "      kafkaTopic: sensors.{1}\n      key: {type: jsonField}",
+                "routes[0].mqttToKafka.key.field",
+            ),
+            (
+                "      kafkaTopic: sensors.{1}",
+                "      kafkaTopic: sensors.{1}\n    deadLetterTopic: 'dl/x'",
+                "routes[0].deadLetterTopic",
+            ),
+        ];
+        for (from, to, field) in cases {
+            let e = error_of(&MINIMAL.replace(from, to));
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        let e = error_of(&format!("{MINIMAL}http:\n  address: nope\n"));
+        assert!(e.contains("http.address"), "{e}");
+        let e = error_of(&format!(
+            "{MINIMAL}  - name: temps\n    kafkaToMqtt: {{kafkaTopics: [a], mqttTopic: b}}\n"
+        ));
+        assert!(
+            e.contains("routes[1].name") && e.contains("duplicate"),
+            "{e}"
+        );
+        let e = error_of(&format!("{MINIMAL}  - name: both\n"));
+        assert!(e.contains("routes[1]"), "{e}");
+        let e = error_of(&format!(
+            "{MINIMAL}  - name: k\n    kafkaToMqtt: {{kafkaTopics: [a], mqttTopic: 'x/+'}}\n"
+        ));
+        assert!(e.contains("routes[1].kafkaToMqtt.mqttTopic"), "{e}");
+        let e = error_of(&format!(
+            "{MINIMAL}  - name: k\n    kafkaToMqtt: {{kafkaTopics: [], mqttTopic: 'x'}}\n"
+        ));
+        assert!(e.contains("routes[1].kafkaToMqtt.kafkaTopics"), "{e}");
+        let e = error_of(&MINIMAL.replace(
+            "clientIdPrefix: bridge",
+            "clientIdPrefix: bridge\n  connections: 3",
+        ));
+        assert!(e.contains("mqtt.connections"), "{e}");
+        let e = error_of(&MINIMAL.replace(
+            "clientIdPrefix: bridge",
+            "clientIdPrefix: bridge\n  tls: {trustedCa: {file: /x}}",
+        ));
+        assert!(e.contains("mqtt.tls"), "{e}");
+    }
+
+    #[test]
+    fn url_forms() {
+        assert_eq!(
+            parse_mqtt_url("mqtts://broker.example").unwrap(),
+            MqttEndpoint {
+                host: "broker.example".into(),
+                port: 8883,
+                tls: true
+            }
+        );
+        assert_eq!(parse_mqtt_url("mqtt://[::1]:1884").unwrap().host, "::1");
+        assert!(parse_mqtt_url("mqtt://user:pw@h:1").is_err());
+    }
+}

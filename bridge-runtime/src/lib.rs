@@ -1,0 +1,18 @@
+//! At-least-once MQTT ↔ Kafka bridge.
+//!
+//! The data's way, one module per step: [`config`] (file, secrets, checks) →
+//! [`routes`] (what goes where, over [`topic`] filters and templates) →
+//! [`mqtt_side`] / [`kafka_side`] (the clients) → [`mqtt_to_kafka`] /
+//! [`kafka_to_mqtt`] (the pipelines) with [`ack_tracker`] releasing
+//! acknowledgements and commits in order. [`metrics`], [`http`] and
+//! [`bridge`] (start, run, drain) around it.
+
+pub mod ack_tracker;
+pub mod bridge;
+pub mod check;
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod topic;
+
+pub use error::BridgeError;

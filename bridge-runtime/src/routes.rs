@@ -1,0 +1,590 @@
+//! The route table: which MQTT messages go to which Kafka topic with which
+//! key and headers, which Kafka records go to which MQTT topic, and what
+//! happens to a message a route cannot map (dead-letter or counted drop).
+//! Pure logic, no I/O, so `bridge-runtime check` can show the same decisions.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crds::{KafkaKeyType, Route};
+
+use crate::error::BridgeError;
+use crate::topic::{
+    KafkaTopicTemplate, MqttTopicTemplate, TopicFilter, Unresolved, json_field_text,
+    validate_kafka_topic,
+};
+
+/// Header (Kafka) and user property (MQTT 5) marking what this bridge
+/// published, so it is not carried back the other way.
+pub const ORIGIN_HEADER: &str = "x-bridge-origin";
+/// Dead-letter header: the route that could not map the message.
+pub const DEAD_LETTER_ROUTE_HEADER: &str = "x-bridge-route";
+/// Dead-letter header: the reason label (`missing_field`, …).
+pub const DEAD_LETTER_REASON_HEADER: &str = "x-bridge-error";
+/// Dead-letter header: the reason in words.
+pub const DEAD_LETTER_MESSAGE_HEADER: &str = "x-bridge-error-message";
+
+/// How the record key is chosen, checked against the filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyRule {
+    /// No key.
+    None,
+    /// The MQTT topic.
+    MqttTopic,
+    /// A wildcard level (1-based).
+    Level(usize),
+    /// A JSON payload field path.
+    Field(String),
+}
+
+/// A compiled MQTT→Kafka route.
+#[derive(Clone, Debug)]
+pub struct MqttRoute {
+    /// Route name (metric label).
+    pub name: String,
+    /// The filter it subscribes to.
+    pub filter: TopicFilter,
+    /// Subscription QoS.
+    pub qos: u8,
+    /// Kafka topic template.
+    pub kafka_topic: KafkaTopicTemplate,
+    /// Key rule.
+    pub key: KeyRule,
+    /// Copy MQTT metadata into headers.
+    pub headers: bool,
+    /// Dead-letter topic, if any.
+    pub dead_letter_topic: Option<String>,
+}
+
+/// A compiled Kafka→MQTT route.
+#[derive(Clone, Debug)]
+pub struct KafkaRoute {
+    /// Route name (metric label).
+    pub name: String,
+    /// Kafka topics consumed.
+    pub kafka_topics: Vec<String>,
+    /// MQTT topic template.
+    pub mqtt_topic: MqttTopicTemplate,
+    /// Publish QoS.
+    pub qos: u8,
+    /// Retain flag.
+    pub retain: bool,
+    /// Dead-letter topic, if any.
+    pub dead_letter_topic: Option<String>,
+}
+
+/// All routes of a bridge, compiled.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable {
+    /// MQTT→Kafka routes.
+    pub mqtt_to_kafka: Vec<MqttRoute>,
+    /// Kafka→MQTT routes.
+    pub kafka_to_mqtt: Vec<KafkaRoute>,
+}
+
+/// The MQTT message as the route table needs to see it.
+#[derive(Clone, Copy, Debug)]
+pub struct MqttMessage<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Payload.
+    pub payload: &'a [u8],
+    /// QoS it was received with.
+    pub qos: u8,
+    /// Retain flag.
+    pub retain: bool,
+    /// MQTT 5 user properties.
+    pub user_properties: &'a [(String, String)],
+    /// MQTT 5 content type.
+    pub content_type: Option<&'a str>,
+}
+
+/// A Kafka record to produce (the payload is the message's own).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordPlan {
+    /// Kafka topic.
+    pub topic: String,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// What becomes of a message on one route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Disposition<T> {
+    /// Carried to its destination.
+    Forward(T),
+    /// Sent to the route's dead-letter topic.
+    DeadLetter {
+        /// The dead-letter record.
+        record: RecordPlan,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Counted and forgotten.
+    Drop {
+        /// Why (metric label).
+        reason: &'static str,
+    },
+}
+
+/// Where a Kafka record goes in MQTT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishPlan {
+    /// MQTT topic.
+    pub topic: String,
+    /// QoS.
+    pub qos: u8,
+    /// Retain flag.
+    pub retain: bool,
+}
+
+impl RouteTable {
+    /// Compiles and checks the configured routes.
+    pub fn compile(routes: &[Route]) -> Result<Self, BridgeError> {
+        let mut table = Self::default();
+        let mut names = HashSet::new();
+        for (i, route) in routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            if route.name.is_empty()
+                || !route
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(BridgeError::invalid(
+                    format!("{at}.name"),
+                    "must be non-empty and use only a-z A-Z 0-9 - _ .",
+                ));
+            }
+            if !names.insert(route.name.as_str()) {
+                return Err(BridgeError::invalid(
+                    format!("{at}.name"),
+                    format!("duplicate route name `{}`", route.name),
+                ));
+            }
+            if let Some(dl) = &route.dead_letter_topic {
+                validate_kafka_topic(dl)
+                    .map_err(|m| BridgeError::invalid(format!("{at}.deadLetterTopic"), m))?;
+            }
+            match (&route.mqtt_to_kafka, &route.kafka_to_mqtt) {
+                (Some(m), None) => {
+                    let at = format!("{at}.mqttToKafka");
+                    let filter = TopicFilter::parse(&m.mqtt_topic_filter)
+                        .map_err(|e| BridgeError::invalid(format!("{at}.mqttTopicFilter"), e))?;
+                    check_qos(m.qos, &at)?;
+                    let kafka_topic = KafkaTopicTemplate::parse(&m.kafka_topic, &filter)
+                        .map_err(|e| BridgeError::invalid(format!("{at}.kafkaTopic"), e))?;
+                    let key = match m.key.kind {
+                        KafkaKeyType::None => KeyRule::None,
+                        KafkaKeyType::MqttTopic => KeyRule::MqttTopic,
+                        KafkaKeyType::TopicLevel => {
+                            let count = filter.wildcard_count();
+                            match m.key.level {
+                                Some(l) if l >= 1 && usize::from(l) <= count => {
+                                    KeyRule::Level(usize::from(l))
+                                }
+                                other => {
+                                    return Err(BridgeError::invalid(
+                                        format!("{at}.key.level"),
+                                        format!(
+                                            "{} but the filter `{filter}` has {count} wildcard level(s)",
+                                            other.map_or("missing".to_owned(), |l| format!(
+                                                "level {l}"
+                                            ))
+                                        ),
+                                    ));
+                                }
+                            }
+                        }
+                        KafkaKeyType::JsonField => match &m.key.field {
+                            Some(f) if !f.split('.').any(str::is_empty) => {
+                                KeyRule::Field(f.clone())
+                            }
+                            _ => {
+                                return Err(BridgeError::invalid(
+                                    format!("{at}.key.field"),
+                                    "type jsonField needs a field path such as `sensor_id` or `device.id`",
+                                ));
+                            }
+                        },
+                    };
+                    table.mqtt_to_kafka.push(MqttRoute {
+                        name: route.name.clone(),
+                        filter,
+                        qos: m.qos,
+                        kafka_topic,
+                        key,
+                        headers: m.headers,
+                        dead_letter_topic: route.dead_letter_topic.clone(),
+                    });
+                }
+                (None, Some(k)) => {
+                    let at = format!("{at}.kafkaToMqtt");
+                    if k.kafka_topics.is_empty() {
+                        return Err(BridgeError::invalid(
+                            format!("{at}.kafkaTopics"),
+                            "must name at least one topic",
+                        ));
+                    }
+                    for (j, t) in k.kafka_topics.iter().enumerate() {
+                        validate_kafka_topic(t).map_err(|m| {
+                            BridgeError::invalid(format!("{at}.kafkaTopics[{j}]"), m)
+                        })?;
+                    }
+                    check_qos(k.qos, &at)?;
+                    let mqtt_topic = MqttTopicTemplate::parse(&k.mqtt_topic)
+                        .map_err(|e| BridgeError::invalid(format!("{at}.mqttTopic"), e))?;
+                    table.kafka_to_mqtt.push(KafkaRoute {
+                        name: route.name.clone(),
+                        kafka_topics: k.kafka_topics.clone(),
+                        mqtt_topic,
+                        qos: k.qos,
+                        retain: k.retain,
+                        dead_letter_topic: route.dead_letter_topic.clone(),
+                    });
+                }
+                _ => {
+                    return Err(BridgeError::invalid(
+                        at,
+                        "exactly one of mqttToKafka or kafkaToMqtt must be set",
+                    ));
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    /// MQTT subscriptions to make: filter → highest QoS asked by any route.
+    pub fn subscriptions(&self) -> BTreeMap<String, u8> {
+        let mut subs = BTreeMap::new();
+        for r in &self.mqtt_to_kafka {
+            let q = subs.entry(r.filter.as_str().to_owned()).or_insert(0);
+            *q = (*q).max(r.qos);
+        }
+        subs
+    }
+
+    /// Kafka topics consumed by Kafka→MQTT routes.
+    pub fn consumed_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self
+            .kafka_to_mqtt
+            .iter()
+            .flat_map(|r| r.kafka_topics.iter().cloned())
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    /// Decides, for every MQTT→Kafka route whose filter matches, what
+    /// becomes of the message. Index is into [`RouteTable::mqtt_to_kafka`].
+    pub fn plan_mqtt(&self, msg: &MqttMessage<'_>) -> Vec<(usize, Disposition<RecordPlan>)> {
+        let mut json: Option<Option<serde_json::Value>> = None;
+        let mut out = Vec::new();
+        for (i, route) in self.mqtt_to_kafka.iter().enumerate() {
+            let Some(captures) = route.filter.captures(msg.topic) else {
+                continue;
+            };
+            let result = route.kafka_topic.resolve(&captures).and_then(|topic| {
+                let key = match &route.key {
+                    KeyRule::None => None,
+                    KeyRule::MqttTopic => Some(msg.topic.as_bytes().to_vec()),
+                    KeyRule::Level(n) => captures.get(n - 1).map(|c| c.as_bytes().to_vec()),
+                    KeyRule::Field(path) => {
+                        let parsed =
+                            json.get_or_insert_with(|| serde_json::from_slice(msg.payload).ok());
+                        let value = parsed.as_ref().ok_or(Unresolved::PayloadNotJson)?;
+                        Some(json_field_text(value, path)?.into_bytes())
+                    }
+                };
+                Ok((topic, key))
+            });
+            let disposition = match result {
+                Ok((topic, key)) => {
+                    let mut headers = Vec::new();
+                    if route.headers {
+                        headers.push(("mqtt.topic".to_owned(), msg.topic.as_bytes().to_vec()));
+                        headers.push(("mqtt.qos".to_owned(), msg.qos.to_string().into_bytes()));
+                        headers.push((
+                            "mqtt.retain".to_owned(),
+                            msg.retain.to_string().into_bytes(),
+                        ));
+                        if let Some(ct) = msg.content_type {
+                            headers.push(("mqtt.content-type".to_owned(), ct.as_bytes().to_vec()));
+                        }
+                        for (k, v) in msg.user_properties {
+                            headers.push((k.clone(), v.as_bytes().to_vec()));
+                        }
+                    }
+                    Disposition::Forward(RecordPlan {
+                        topic,
+                        key,
+                        headers,
+                    })
+                }
+                Err(why) => dead_letter(
+                    &route.name,
+                    route.dead_letter_topic.as_deref(),
+                    &why,
+                    msg.topic,
+                ),
+            };
+            out.push((i, disposition));
+        }
+        out
+    }
+
+    /// Decides where a Kafka record goes, for every Kafka→MQTT route
+    /// consuming its topic. Index is into [`RouteTable::kafka_to_mqtt`].
+    pub fn plan_kafka(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Vec<(usize, Disposition<PublishPlan>)> {
+        let mut json: Option<Option<serde_json::Value>> = None;
+        let mut out = Vec::new();
+        for (i, route) in self.kafka_to_mqtt.iter().enumerate() {
+            if !route.kafka_topics.iter().any(|t| t == topic) {
+                continue;
+            }
+            let parsed = if route.mqtt_topic.needs_json() {
+                json.get_or_insert_with(|| serde_json::from_slice(payload).ok())
+                    .as_ref()
+            } else {
+                None
+            };
+            let disposition = match route.mqtt_topic.resolve(key, parsed) {
+                Ok(mqtt_topic) => Disposition::Forward(PublishPlan {
+                    topic: mqtt_topic,
+                    qos: route.qos,
+                    retain: route.retain,
+                }),
+                Err(why) => {
+                    dead_letter(&route.name, route.dead_letter_topic.as_deref(), &why, topic)
+                }
+            };
+            out.push((i, disposition));
+        }
+        out
+    }
+}
+
+fn check_qos(qos: u8, at: &str) -> Result<(), BridgeError> {
+    if qos > 2 {
+        return Err(BridgeError::invalid(
+            format!("{at}.qos"),
+            "must be 0, 1 or 2",
+        ));
+    }
+    Ok(())
+}
+
+fn dead_letter<T>(
+    route: &str,
+    topic: Option<&str>,
+    why: &Unresolved,
+    source_topic: &str,
+) -> Disposition<T> {
+    let reason = why.label();
+    match topic {
+        Some(dl) => Disposition::DeadLetter {
+            record: RecordPlan {
+                topic: dl.to_owned(),
+                key: None,
+                headers: vec![
+                    (
+                        DEAD_LETTER_ROUTE_HEADER.to_owned(),
+                        route.as_bytes().to_vec(),
+                    ),
+                    (
+                        DEAD_LETTER_REASON_HEADER.to_owned(),
+                        reason.as_bytes().to_vec(),
+                    ),
+                    (
+                        DEAD_LETTER_MESSAGE_HEADER.to_owned(),
+                        why.to_string().into_bytes(),
+                    ),
+                    ("source.topic".to_owned(), source_topic.as_bytes().to_vec()),
+                ],
+            },
+            reason,
+        },
+        None => Disposition::Drop { reason },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(yaml: &str) -> RouteTable {
+        let routes: Vec<Route> = serde_yaml::from_str(yaml).unwrap();
+        RouteTable::compile(&routes).unwrap()
+    }
+
+    fn msg<'a>(topic: &'a str, payload: &'a [u8]) -> MqttMessage<'a> {
+        MqttMessage {
+            topic,
+            payload,
+            qos: 1,
+            retain: false,
+            user_properties: &[],
+            content_type: None,
+        }
+    }
+
+    #[test]
+    fn keys_and_topics() {
+        let t = table(
+            r#"
+- name: by-level
+  mqttToKafka: {mqttTopicFilter: "s/+/t", kafkaTopic: "s.{1}", key: {type: topicLevel, level: 1}, headers: false}
+- name: by-topic
+  mqttToKafka: {mqttTopicFilter: "s/#", kafkaTopic: "all", key: {type: mqttTopic}, headers: false}
+- name: by-field
+  mqttToKafka: {mqttTopicFilter: "s/+/t", kafkaTopic: "f", key: {type: jsonField, field: dev.id}, headers: false}
+  deadLetterTopic: dl
+"#,
+        );
+        let plans = t.plan_mqtt(&msg("s/a/t", br#"{"dev":{"id":"x1"}}"#));
+        let forwards: Vec<_> = plans
+            .iter()
+            .map(|(i, d)| match d {
+                Disposition::Forward(r) => (*i, r.topic.clone(), r.key.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            forwards,
+            vec![
+                (0, "s.a".into(), Some(b"a".to_vec())),
+                (1, "all".into(), Some(b"s/a/t".to_vec())),
+                (2, "f".into(), Some(b"x1".to_vec())),
+            ]
+        );
+        let plans = t.plan_mqtt(&msg("s/a/t", b"not json"));
+        match &plans[2].1 {
+            Disposition::DeadLetter { record, reason } => {
+                assert_eq!(*reason, "payload_not_json");
+                assert_eq!(record.topic, "dl");
+                assert!(
+                    record
+                        .headers
+                        .iter()
+                        .any(|(k, v)| k == DEAD_LETTER_REASON_HEADER && v == b"payload_not_json")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(t.plan_mqtt(&msg("other", b"")).is_empty());
+    }
+
+    #[test]
+    fn unresolvable_without_dead_letter_is_dropped() {
+        let t = table(
+            r#"
+- name: r
+  mqttToKafka: {mqttTopicFilter: "s/#", kafkaTopic: "s.{1}"}
+"#,
+        );
+        assert_eq!(
+            t.plan_mqtt(&msg("s/a/b", b"")),
+            vec![(
+                0,
+                Disposition::Drop {
+                    reason: "invalid_topic"
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn headers_carry_mqtt_metadata() {
+        let t = table("- name: r\n  mqttToKafka: {mqttTopicFilter: a, kafkaTopic: k}\n");
+        let props = vec![("unit".to_owned(), "C".to_owned())];
+        let m = MqttMessage {
+            topic: "a",
+            payload: b"1",
+            qos: 1,
+            retain: true,
+            user_properties: &props,
+            content_type: Some("text/plain"),
+        };
+        let Disposition::Forward(r) = &t.plan_mqtt(&m)[0].1 else {
+            panic!()
+        };
+        let h: BTreeMap<_, _> = r.headers.iter().cloned().collect();
+        assert_eq!(h["mqtt.topic"], b"a");
+        assert_eq!(h["mqtt.qos"], b"1");
+        assert_eq!(h["mqtt.retain"], b"true");
+        assert_eq!(h["mqtt.content-type"], b"text/plain");
+        assert_eq!(h["unit"], b"C");
+        assert_eq!(r.key, None);
+    }
+
+    #[test]
+    fn kafka_to_mqtt_plans() {
+        let t = table(
+            r#"
+- name: k
+  kafkaToMqtt: {kafkaTopics: [cmd], mqttTopic: "dev/{key}/{sensor_id}", qos: 2, retain: true}
+  deadLetterTopic: dl
+- name: fixed
+  kafkaToMqtt: {kafkaTopics: [cmd, other], mqttTopic: "all"}
+"#,
+        );
+        assert_eq!(
+            t.consumed_topics(),
+            vec!["cmd".to_owned(), "other".to_owned()]
+        );
+        let plans = t.plan_kafka("cmd", Some(b"k1"), br#"{"sensor_id": 5}"#);
+        assert_eq!(
+            plans,
+            vec![
+                (
+                    0,
+                    Disposition::Forward(PublishPlan {
+                        topic: "dev/k1/5".into(),
+                        qos: 2,
+                        retain: true
+                    })
+                ),
+                (
+                    1,
+                    Disposition::Forward(PublishPlan {
+                        topic: "all".into(),
+                        qos: 1,
+                        retain: false
+                    })
+                ),
+            ]
+        );
+        let plans = t.plan_kafka("cmd", None, br#"{"sensor_id": 5}"#);
+        assert!(matches!(
+            &plans[0].1,
+            Disposition::DeadLetter {
+                reason: "missing_key",
+                ..
+            }
+        ));
+        assert_eq!(t.plan_kafka("other", None, b"x").len(), 1);
+    }
+
+    #[test]
+    fn subscriptions_take_the_highest_qos() {
+        let t = table(
+            r#"
+- name: a
+  mqttToKafka: {mqttTopicFilter: "x/#", kafkaTopic: k, qos: 0}
+- name: b
+  mqttToKafka: {mqttTopicFilter: "x/#", kafkaTopic: k2, qos: 2}
+"#,
+        );
+        assert_eq!(
+            t.subscriptions().into_iter().collect::<Vec<_>>(),
+            vec![("x/#".to_owned(), 2)]
+        );
+    }
+}
