@@ -9,8 +9,14 @@ use serde::{Deserialize, Serialize};
 /// custom resource, [`crate::SecretSource`] in the runtime file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+// `S` needs no `Default`: absent optional secrets deserialize to `None`.
+#[serde(bound(deserialize = "S: Deserialize<'de>"))]
 pub struct KafkaSpec<S> {
     /// Comma-separated `host:port` list of bootstrap brokers.
+    #[schemars(
+        length(min = 1, max = 1024),
+        regex(pattern = r"^[^,\s]+:[0-9]{1,5}(,[^,\s]+:[0-9]{1,5})*$")
+    )]
     pub bootstrap_servers: String,
     /// TLS to the brokers (security protocol SSL or SASL_SSL). Absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -27,12 +33,21 @@ pub struct KafkaSpec<S> {
     /// Further librdkafka properties passed through as they are. Keys that carry
     /// secrets (`sasl.password`, `ssl.key.password`, …) are refused here: use the secret fields.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
     pub properties: BTreeMap<String, String>,
 }
 
 /// TLS to Kafka.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.clientCertificate) == has(self.clientKey)",
+        "message": "kafka.tls.clientCertificate and kafka.tls.clientKey go together"
+    }
+]))]
+// `S` needs no `Default`: absent optional secrets deserialize to `None`.
+#[serde(bound(deserialize = "S: Deserialize<'de>"))]
 pub struct KafkaTls<S> {
     /// PEM CA certificate(s) the brokers' certificates must chain to. Without it the system roots are used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,12 +63,21 @@ pub struct KafkaTls<S> {
 /// Kafka SASL authentication.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.type == 'none' || (has(self.username) && has(self.passwordSecret))",
+        "message": "kafka.authentication.username and kafka.authentication.passwordSecret are required unless type is none"
+    }
+]))]
+// `S` needs no `Default`: absent optional secrets deserialize to `None`.
+#[serde(bound(deserialize = "S: Deserialize<'de>"))]
 pub struct KafkaAuthentication<S> {
     /// SASL mechanism, or `none`.
     #[serde(rename = "type")]
     pub kind: KafkaAuthenticationType,
     /// SASL user name; required unless `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     pub username: Option<String>,
     /// SASL password; required unless `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,17 +110,21 @@ pub struct ProducerSettings {
     pub compression: Compression,
     /// How long the producer waits to fill a batch (librdkafka `linger.ms`).
     #[serde(default = "default_linger_ms")]
+    #[schemars(range(max = 60_000))]
     pub linger_ms: u32,
     /// Upper bound of records held by the producer (sent or waiting); the bridge
     /// stops taking MQTT messages while it is reached.
     #[serde(default = "default_max_in_flight_records")]
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub max_in_flight_records: u32,
     /// Upper bound of the producer queue in KiB (librdkafka `queue.buffering.max.kbytes`).
     #[serde(default = "default_queue_max_kbytes")]
+    #[schemars(range(min = 1, max = 2_097_151))]
     pub queue_max_kbytes: u32,
     /// How long a record may take to be acknowledged before it counts as failed
     /// (librdkafka `delivery.timeout.ms`); a failed record is retried, never acknowledged to MQTT.
     #[serde(default = "default_delivery_timeout_ms")]
+    #[schemars(range(min = 1000, max = 2_147_483_647))]
     pub delivery_timeout_ms: u32,
 }
 
@@ -135,6 +163,7 @@ pub enum Compression {
 pub struct ConsumerSettings {
     /// Consumer group id. Defaults to the MQTT `clientIdPrefix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
     pub group_id: Option<String>,
     /// Where a group with no committed offset starts.
     #[serde(default)]

@@ -7,11 +7,13 @@
 //! the same Rust type with the same field names, so the operator and the
 //! runtime cannot drift.
 
+pub mod bridge;
 pub mod kafka;
 pub mod mqtt;
 pub mod route;
 pub mod secret;
 
+pub use bridge::*;
 pub use kafka::*;
 pub use mqtt::*;
 pub use route::*;

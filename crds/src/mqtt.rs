@@ -7,17 +7,33 @@ use serde::{Deserialize, Serialize};
 /// in the custom resource, [`crate::SecretSource`] in the runtime file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": r#"self.url.matches(r'^mqtts?://([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$')"#,
+        "message": "mqtt.url must be mqtt://host[:port] or mqtts://host[:port]"
+    },
+    {
+        "rule": "!has(self.tls) || self.url.startsWith('mqtts://')",
+        "message": "mqtt.tls needs an mqtts:// url"
+    }
+]))]
+// `S` needs no `Default`: absent optional secrets deserialize to `None`.
+#[serde(bound(deserialize = "S: Deserialize<'de>"))]
 pub struct MqttSpec<S> {
     /// Broker address: `mqtt://host:port` (plain TCP) or `mqtts://host:port` (TLS).
+    #[schemars(length(min = 1, max = 512))]
     pub url: String,
     /// MQTT protocol version spoken to the broker.
     #[serde(default)]
     pub protocol_version: MqttProtocolVersion,
     /// Client ids are `<clientIdPrefix>-<slot>-<connection>`. Must stay the same
     /// across restarts so the broker keeps the persistent session and its queued messages.
+    /// Letters, digits, `.`, `_` and `-`; short enough that the whole id stays within 64 characters.
+    #[schemars(length(min = 1, max = 48), regex(pattern = r"^[A-Za-z0-9._-]+$"))]
     pub client_id_prefix: String,
     /// Keep-alive interval in seconds.
     #[serde(default = "default_keep_alive_seconds")]
+    #[schemars(range(min = 5, max = 3600))]
     pub keep_alive_seconds: u16,
     /// How long the broker keeps the session (and queues QoS 1/2 messages for it)
     /// while the bridge is disconnected. MQTT 5 only; MQTT 3.1.1 sessions persist until cleaned.
@@ -26,9 +42,11 @@ pub struct MqttSpec<S> {
     /// When set, subscriptions are shared (`$share/<group>/<filter>`) so that
     /// several connections and replicas split the messages between them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[^/+#]+$"))]
     pub shared_subscription_group: Option<String>,
     /// MQTT connections per replica. Each connection has its own in-flight window at the broker.
     #[serde(default = "default_connections")]
+    #[schemars(range(min = 1, max = 64))]
     pub connections: u16,
     /// TLS settings for `mqtts://` URLs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,6 +71,14 @@ pub enum MqttProtocolVersion {
 /// TLS to the MQTT broker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.clientCertificate) == has(self.clientKey)",
+        "message": "mqtt.tls.clientCertificate and mqtt.tls.clientKey go together"
+    }
+]))]
+// `S` needs no `Default`: absent optional secrets deserialize to `None`.
+#[serde(bound(deserialize = "S: Deserialize<'de>"))]
 pub struct MqttTls<S> {
     /// PEM CA certificate(s) the broker's certificate must chain to. Without it the system roots are used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,12 +94,21 @@ pub struct MqttTls<S> {
 /// MQTT authentication.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.type == 'none' || (has(self.username) && has(self.passwordSecret))",
+        "message": "mqtt.authentication.username and mqtt.authentication.passwordSecret are required for type password"
+    }
+]))]
+// `S` needs no `Default`: absent optional secrets deserialize to `None`.
+#[serde(bound(deserialize = "S: Deserialize<'de>"))]
 pub struct MqttAuthentication<S> {
     /// `none` or `password` (username and password in the CONNECT packet).
     #[serde(rename = "type")]
     pub kind: MqttAuthenticationType,
     /// User name; required for `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     pub username: Option<String>,
     /// The password; required for `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,8 +6,19 @@ use serde::{Deserialize, Serialize};
 /// One topic mapping. Exactly one of `mqttToKafka` or `kafkaToMqtt` is set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.mqttToKafka) != has(self.kafkaToMqtt)",
+        "message": "a route needs exactly one of mqttToKafka or kafkaToMqtt"
+    }
+]))]
 pub struct Route {
     /// Unique name of the route; used in metric labels and dead-letter headers.
+    /// Lower-case letters, digits and `-`.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Carry MQTT messages matching a topic filter into Kafka.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -19,23 +30,48 @@ pub struct Route {
     /// payload not JSON, invalid resulting topic), with a header saying why.
     /// Without it such messages are counted as dropped, never retried forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[A-Za-z0-9._-]+$"))]
     pub dead_letter_topic: Option<String>,
 }
 
 /// MQTT → Kafka mapping.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": r#"self.mqttTopicFilter.matches(r'^(#|(\+|[^+#/]*)(/(\+|[^+#/]*))*(/#)?)$')"#,
+        "message": "mqttToKafka.mqttTopicFilter is malformed: `+` and `#` must fill a whole level and `#` must be the last level"
+    },
+    {
+        "rule": r#"self.kafkaTopic.findAll(r'\{[0-9]+\}').all(t, int(t.substring(1, t.size() - 1)) >= 1 && int(t.substring(1, t.size() - 1)) <= self.mqttTopicFilter.findAll('[+#]').size())"#,
+        "message": "mqttToKafka.kafkaTopic refers to a wildcard level {n} that mqttTopicFilter does not have"
+    },
+    {
+        "rule": r#"!has(self.key) || self.key.type != 'topicLevel' || (has(self.key.level) && self.key.level <= self.mqttTopicFilter.findAll('[+#]').size())"#,
+        "message": "mqttToKafka.key.level must name a wildcard level of mqttTopicFilter (1 = first wildcard)"
+    },
+    {
+        "rule": "!has(self.key) || self.key.type != 'jsonField' || has(self.key.field)",
+        "message": "mqttToKafka.key.field is required for key type jsonField"
+    }
+]))]
 pub struct MqttToKafka {
     /// MQTT topic filter, with `+` (one level) and `#` (the remaining levels) wildcards,
     /// e.g. `sensors/+/temperature`.
+    #[schemars(length(min = 1, max = 1024))]
     pub mqtt_topic_filter: String,
     /// QoS of the subscription. QoS 1 and 2 are acknowledged to the broker only
     /// after Kafka acknowledged the record.
     #[serde(default = "default_qos")]
+    #[schemars(range(max = 2))]
     pub qos: u8,
     /// Kafka topic, fixed or a template over the wildcard levels of the filter:
     /// `{1}` is the level matched by the first wildcard, `{2}` by the second, …
     /// e.g. `sensors/+/temperature` → `sensors.{1}`.
+    #[schemars(
+        length(min = 1, max = 249),
+        regex(pattern = r"^([A-Za-z0-9._-]|\{[0-9]+\})+$")
+    )]
     pub kafka_topic: String,
     /// How the Kafka record key is chosen.
     #[serde(default)]
@@ -56,9 +92,11 @@ pub struct KafkaKey {
     pub kind: KafkaKeyType,
     /// Wildcard level (1-based, as in `{1}`) for `topicLevel`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32))]
     pub level: Option<u8>,
     /// JSON payload field for `jsonField`; dots reach into nested objects (`device.id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     pub field: Option<String>,
 }
 
@@ -82,14 +120,20 @@ pub enum KafkaKeyType {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KafkaToMqtt {
     /// Kafka topics to consume.
+    #[schemars(
+        length(min = 1, max = 32),
+        inner(length(min = 1, max = 249), regex(pattern = r"^[A-Za-z0-9._-]+$"))
+    )]
     pub kafka_topics: Vec<String>,
     /// MQTT topic, fixed or a template: `{key}` is the record key, any other
     /// `{name}` a field of the JSON payload (dots reach into nested objects),
-    /// e.g. `sensors/{sensor_id}`.
+    /// e.g. `sensors/{sensor_id}`. No `+` or `#` wildcards.
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^[^+#]+$"))]
     pub mqtt_topic: String,
     /// QoS of the publishes. With QoS 1 or 2 a Kafka offset is committed only
     /// after the broker acknowledged every publish before it.
     #[serde(default = "default_qos")]
+    #[schemars(range(max = 2))]
     pub qos: u8,
     /// Publish with the retain flag.
     #[serde(default)]

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretKeyRef {
     /// Name of a Secret in the same namespace as the bridge.
+    #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
     /// Key inside the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
     pub key: String,
 }
 
