@@ -1,0 +1,369 @@
+//! The Deployment of one slot (see the module docs of `build` for why one
+//! Deployment per slot).
+
+use std::collections::BTreeMap;
+
+use crds::MqttKafkaBridgeSpec;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::config::{CONFIG_DIR, CONFIG_KEY, SECRETS_DIR, TERMINATION_MESSAGE_PATH};
+use super::{
+    BRIDGE_LABEL, BuildSettings, CONFIG_HASH_ANNOTATION, HTTP_PORT, Owner, SECRETS_HASH_ANNOTATION,
+    SLOT_LABEL, config_map_name, deployment_name,
+};
+use crate::resolve::ResolvedSecrets;
+
+/// Environment variable telling bridge-runtime its slot.
+pub const SLOT_ENV: &str = "BRIDGE_SLOT";
+/// Non-root user and group the bridge runs as.
+const RUN_AS: i64 = 65532;
+
+/// The Deployment of `slot`.
+pub fn deployment(
+    owner: &Owner,
+    spec: &MqttKafkaBridgeSpec,
+    slot: u32,
+    config_hash: &str,
+    secrets: &ResolvedSecrets,
+    settings: &BuildSettings,
+) -> Deployment {
+    let selector = BTreeMap::from([
+        (BRIDGE_LABEL.to_string(), owner.name.clone()),
+        (SLOT_LABEL.to_string(), slot.to_string()),
+    ]);
+    let mut meta = owner.meta(deployment_name(&owner.name, slot));
+    meta.labels
+        .get_or_insert_with(Default::default)
+        .insert(SLOT_LABEL.into(), slot.to_string());
+
+    let template = spec.template.clone().unwrap_or_default();
+    // User labels first so that the operator's (selector) labels win.
+    let mut pod_labels = template.labels.clone();
+    pod_labels.extend(owner.labels());
+    pod_labels.insert(SLOT_LABEL.into(), slot.to_string());
+    let mut pod_annotations = template.annotations.clone();
+    pod_annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.into());
+    pod_annotations.insert(SECRETS_HASH_ANNOTATION.into(), secrets.hash.clone());
+
+    let (volumes, mounts) = volumes(&owner.name, secrets);
+    let container = Container {
+        name: "bridge".into(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| settings.default_image.clone()),
+        ),
+        args: Some(vec!["run".into()]),
+        env: Some(vec![
+            EnvVar {
+                name: "BRIDGE_CONFIG".into(),
+                value: Some(format!("{CONFIG_DIR}/{CONFIG_KEY}")),
+                ..Default::default()
+            },
+            EnvVar {
+                name: SLOT_ENV.into(),
+                value: Some(slot.to_string()),
+                ..Default::default()
+            },
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        // Ready means connected to both sides; alive means the event loops run.
+        readiness_probe: Some(probe("/readyz", 5, 3)),
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        resources: spec.resources.clone(),
+        termination_message_path: Some(TERMINATION_MESSAGE_PATH.into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+
+    Deployment {
+        metadata: meta,
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
+            // Never two pods of one slot (one client id) at the same time.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..Default::default()
+            }),
+            revision_history_limit: Some(3),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(pod_annotations),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    // The bridge never talks to the Kubernetes API.
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    // Longer than the runtime's own drain period.
+                    termination_grace_period_seconds: Some(
+                        i64::from(super::config::SHUTDOWN_GRACE_SECONDS) + 15,
+                    ),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS),
+                        run_as_group: Some(RUN_AS),
+                        fs_group: Some(RUN_AS),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    node_selector: non_empty(template.node_selector),
+                    tolerations: (!template.tolerations.is_empty()).then_some(template.tolerations),
+                    affinity: template.affinity,
+                    priority_class_name: template.priority_class_name,
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn non_empty(m: BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+    (!m.is_empty()).then_some(m)
+}
+
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+/// The configuration volume, one volume per referenced Secret (only the
+/// referenced keys, read-only) and a writable `/tmp`.
+fn volumes(bridge_name: &str, secrets: &ResolvedSecrets) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(bridge_name),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+    ];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "config".into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ];
+    for (i, (secret, keys)) in secrets.keys.iter().enumerate() {
+        // Secret names may be longer than a volume name may be.
+        let name = format!("secret-{i}");
+        volumes.push(Volume {
+            name: name.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                items: Some(
+                    keys.iter()
+                        .map(|k| KeyToPath {
+                            key: k.clone(),
+                            path: k.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name,
+            mount_path: format!("{SECRETS_DIR}/{secret}"),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    (volumes, mounts)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::build::{BuildSettings, build};
+    use crate::fixtures;
+
+    fn settings() -> BuildSettings {
+        BuildSettings {
+            default_image: "bridge:default".into(),
+        }
+    }
+
+    fn resolved() -> ResolvedSecrets {
+        ResolvedSecrets {
+            hash: "abc".into(),
+            keys: [
+                (
+                    "hivemq-credentials".to_string(),
+                    BTreeSet::from(["password".to_string()]),
+                ),
+                (
+                    "confluent-credentials".to_string(),
+                    BTreeSet::from(["api-secret".to_string()]),
+                ),
+            ]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn one_deployment_per_slot_with_its_slot() {
+        let bridge = fixtures::hivemq_confluent();
+        let children = build(&bridge, &resolved(), &settings()).unwrap();
+        assert_eq!(children.deployments.len(), 2);
+        for (slot, d) in children.deployments.iter().enumerate() {
+            assert_eq!(
+                d.metadata.name.as_deref(),
+                Some(format!("hivemq-confluent-{slot}").as_str())
+            );
+            let spec = d.spec.as_ref().unwrap();
+            assert_eq!(spec.replicas, Some(1));
+            assert_eq!(
+                spec.strategy.as_ref().unwrap().type_.as_deref(),
+                Some("Recreate")
+            );
+            let pod = spec.template.spec.as_ref().unwrap();
+            let c = &pod.containers[0];
+            let env = c.env.as_ref().unwrap();
+            assert!(env.iter().any(|e| e.name == "BRIDGE_SLOT"
+                && e.value.as_deref() == Some(slot.to_string().as_str())));
+            assert_eq!(
+                spec.selector.match_labels.as_ref().unwrap()[SLOT_LABEL],
+                slot.to_string()
+            );
+            let owners = d.metadata.owner_references.as_ref().unwrap();
+            assert_eq!(owners[0].controller, Some(true));
+        }
+    }
+
+    #[test]
+    fn pod_is_locked_down_and_probed() {
+        let bridge = fixtures::hivemq_confluent();
+        let d = &build(&bridge, &resolved(), &settings())
+            .unwrap()
+            .deployments[0];
+        let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop,
+            Some(vec!["ALL".into()])
+        );
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/readyz")
+        );
+        assert_eq!(
+            c.termination_message_path.as_deref(),
+            Some(TERMINATION_MESSAGE_PATH)
+        );
+        assert_eq!(c.image.as_deref(), Some("bridge:default"));
+        assert!(c.resources.is_some());
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.mount_path == "/etc/bridge/secrets/hivemq-credentials")
+        );
+        let annotations = d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
+        let annotations = annotations.annotations.as_ref().unwrap();
+        assert_eq!(annotations[SECRETS_HASH_ANNOTATION], "abc");
+        assert_eq!(annotations[CONFIG_HASH_ANNOTATION].len(), 64);
+    }
+
+    #[test]
+    fn template_labels_cannot_override_the_selector() {
+        let mut bridge = fixtures::current_sensor();
+        let mut template = crds::PodTemplate::default();
+        template
+            .labels
+            .insert(BRIDGE_LABEL.into(), "someone-else".into());
+        template.labels.insert("team".into(), "iot".into());
+        template.priority_class_name = Some("high".into());
+        bridge.spec.template = Some(template);
+        bridge.spec.image = Some("custom:1".into());
+        let d = &build(&bridge, &ResolvedSecrets::default(), &settings())
+            .unwrap()
+            .deployments[0];
+        let t = &d.spec.as_ref().unwrap().template;
+        let labels = t.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        assert_eq!(labels[BRIDGE_LABEL], "current-sensor");
+        assert_eq!(labels["team"], "iot");
+        let pod = t.spec.as_ref().unwrap();
+        assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
+        assert_eq!(pod.containers[0].image.as_deref(), Some("custom:1"));
+    }
+}

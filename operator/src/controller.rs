@@ -1,0 +1,272 @@
+//! The reconcile loop: resolve → validate → build → apply → status, plus
+//! the watches that trigger it and the per-object backoff on failures.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crds::MqttKafkaBridge;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::apply::{FIELD_MANAGER, apply_children, slot_deployments};
+use crate::build::{self, BRIDGE_LABEL, BuildSettings, MANAGER, pod_selector};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::resolve::{referenced_secret_names, resolve};
+use crate::status::{self, READY};
+use crate::validate::validate;
+
+/// Shared state of all reconciles.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Build settings (default image).
+    pub settings: BuildSettings,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Consecutive transient failures per bridge, for exponential backoff.
+    pub failures: Mutex<HashMap<ObjectRef<MqttKafkaBridge>, u32>>,
+}
+
+/// Requeue interval of a bridge that is not Ready yet (a pod's termination
+/// message does not change any watched object).
+const NOT_READY_REQUEUE: Duration = Duration::from_secs(15);
+/// Periodic resync of a healthy bridge.
+const RESYNC: Duration = Duration::from_secs(600);
+
+/// Reconciles one bridge.
+#[tracing::instrument(skip_all, fields(bridge = %bridge.name_any(), namespace = bridge.namespace().unwrap_or_default()))]
+pub async fn reconcile(bridge: Arc<MqttKafkaBridge>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_inner(&bridge, &ctx).await;
+    ctx.metrics
+        .observe(started.elapsed(), result.as_ref().err().map(Error::reason));
+    if result.is_ok()
+        && let Ok(mut failures) = ctx.failures.lock()
+    {
+        failures.remove(&ObjectRef::from_obj(bridge.as_ref()));
+    }
+    result
+}
+
+async fn reconcile_inner(bridge: &MqttKafkaBridge, ctx: &Context) -> Result<Action> {
+    let ns = bridge
+        .namespace()
+        .ok_or_else(|| Error::missing(bridge, "metadata.namespace"))?;
+    let name = bridge.name_any();
+    let client = &ctx.client;
+
+    // Resolve and validate; a user error leaves the running children alone.
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let outcome = match resolve(&secrets_api, &bridge.spec).await {
+        Ok(secrets) => validate(&bridge.spec).map(|()| secrets),
+        Err(e) => Err(e),
+    };
+    let user_error = match outcome {
+        Ok(secrets) => {
+            let children = build::build(bridge, &secrets, &ctx.settings)?;
+            let uid = bridge
+                .uid()
+                .ok_or_else(|| Error::missing(bridge, "metadata.uid"))?;
+            apply_children(client, &ns, &name, &uid, &children).await?;
+            None
+        }
+        Err(e) if e.is_user_error() => Some(e),
+        Err(e) => return Err(e),
+    };
+
+    let deployments_api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let deployments = slot_deployments(&deployments_api, &name).await?;
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pods = pods_api
+        .list(&ListParams::default().labels(&pod_selector(&name)))
+        .await?
+        .items;
+    let new = status::compute(
+        bridge,
+        &deployments,
+        &pods,
+        user_error.as_ref(),
+        status::now(),
+    );
+    if bridge.status.as_ref() != Some(&new) {
+        let api: Api<MqttKafkaBridge> = Api::namespaced(client.clone(), &ns);
+        let patch = json!({
+            "apiVersion": MqttKafkaBridge::api_version(&()),
+            "kind": MqttKafkaBridge::kind(&()),
+            "status": new,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        publish_transition(bridge, &new, ctx).await;
+    }
+
+    let ready = new.condition(READY).is_some_and(|c| c.status == "True");
+    Ok(match (&user_error, ready) {
+        // Secrets and the bridge are watched: a fix triggers a reconcile.
+        (Some(_), _) => Action::requeue(RESYNC),
+        (None, false) => Action::requeue(NOT_READY_REQUEUE),
+        (None, true) => Action::requeue(RESYNC),
+    })
+}
+
+/// Emits an event when the Ready condition's status or reason changed.
+async fn publish_transition(
+    bridge: &MqttKafkaBridge,
+    new: &crds::MqttKafkaBridgeStatus,
+    ctx: &Context,
+) {
+    let Some(now) = new.condition(READY) else {
+        return;
+    };
+    let before = bridge.status.as_ref().and_then(|s| s.condition(READY));
+    if before.is_some_and(|b| b.status == now.status && b.reason == now.reason) {
+        return;
+    }
+    let event = Event {
+        type_: if now.status == "True" || now.reason == "Progressing" {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: now.reason.clone(),
+        note: Some(truncate(&now.message, 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &bridge.object_ref(&())).await {
+        tracing::warn!(error = %e, "publishing event failed");
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => s[..i].to_string(),
+        None => s.to_string(),
+    }
+}
+
+/// Exponential backoff per bridge: 2 s, 4 s, … up to 5 minutes.
+pub fn error_policy(bridge: Arc<MqttKafkaBridge>, error: &Error, ctx: Arc<Context>) -> Action {
+    let attempts = match ctx.failures.lock() {
+        Ok(mut f) => {
+            let n = f.entry(ObjectRef::from_obj(bridge.as_ref())).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        }
+        Err(_) => 1,
+    };
+    let delay = backoff(attempts);
+    tracing::warn!(bridge = %bridge.name_any(), reason = error.reason(), error = %error, ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Delay after the `attempts`-th consecutive failure.
+pub fn backoff(attempts: u32) -> Duration {
+    let secs = 2u64.saturating_pow(attempts.clamp(1, 16));
+    Duration::from_secs(secs.min(300))
+}
+
+/// Maps a Secret to the bridges in its namespace that reference it.
+fn bridges_using(
+    store: &Store<MqttKafkaBridge>,
+    secret: &Secret,
+) -> Vec<ObjectRef<MqttKafkaBridge>> {
+    let (Some(ns), Some(name)) = (secret.namespace(), secret.metadata.name.as_ref()) else {
+        return Vec::new();
+    };
+    store
+        .state()
+        .iter()
+        .filter(|b| b.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|b| referenced_secret_names(&b.spec).contains(name))
+        .map(|b| ObjectRef::from_obj(b.as_ref()))
+        .collect()
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    ready: impl FnOnce() + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let api = |c: &Client| -> Api<MqttKafkaBridge> {
+        match namespace {
+            Some(ns) => Api::namespaced(c.clone(), ns),
+            None => Api::all(c.clone()),
+        }
+    };
+    fn scoped<K>(c: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(c.clone(), ns),
+            None => Api::all(c.clone()),
+        }
+    }
+    let managed = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by={MANAGER},{BRIDGE_LABEL}"
+    ));
+    let controller = Controller::new(api(&client), watcher::Config::default());
+    let store = controller.store();
+    let ready_store = store.clone();
+    tokio::spawn(async move {
+        if ready_store.wait_until_ready().await.is_ok() {
+            ready();
+        }
+    });
+    controller
+        .owns(scoped::<Deployment>(&client, namespace), managed.clone())
+        .owns(scoped::<ConfigMap>(&client, namespace), managed)
+        .watches(
+            scoped::<Secret>(&client, namespace),
+            watcher::Config::default(),
+            move |secret| bridges_using(&store, &secret),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(bridge = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(2), Duration::from_secs(4));
+        assert_eq!(backoff(5), Duration::from_secs(32));
+        assert_eq!(backoff(50), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "hé");
+        assert_eq!(truncate("hi", 5), "hi");
+    }
+}

@@ -1,0 +1,99 @@
+//! The operator's one error type. [`Error::reason`] is the stable string used
+//! as condition reason, event reason and metric label.
+
+use kube::runtime::reflector::ObjectRef;
+
+/// Everything a reconcile can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A referenced Secret does not exist (yet).
+    #[error("Secret {name} (referenced by {field}) not found")]
+    SecretNotFound {
+        /// Secret name.
+        name: String,
+        /// Spec field holding the reference.
+        field: String,
+    },
+    /// A referenced Secret exists but lacks the key.
+    #[error("Secret {name} has no key {key} (referenced by {field})")]
+    SecretKeyNotFound {
+        /// Secret name.
+        name: String,
+        /// Missing key.
+        key: String,
+        /// Spec field holding the reference.
+        field: String,
+    },
+    /// The spec passed admission but cannot work (see `validate`).
+    #[error("{field}: {message}")]
+    InvalidSpec {
+        /// Spec field at fault.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The generated configuration could not be serialized.
+    #[error("serializing the bridge configuration: {0}")]
+    Serialize(#[from] serde_yaml::Error),
+    /// A Kubernetes API call failed (usually transient).
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The object lacks a field the apiserver always sets.
+    #[error("{0} has no {1}")]
+    MissingField(String, &'static str),
+    /// The `MqttKafkaBridge` CRD is not installed.
+    #[error(
+        "the MqttKafkaBridge CRD is not installed: kubectl apply -f crds/mqttkafkabridges.yaml"
+    )]
+    CrdNotInstalled,
+    /// Leader election failed.
+    #[error("leader election on Lease {0}: {1}")]
+    Lease(String, #[source] kube::Error),
+    /// The HTTP endpoint could not start.
+    #[error("HTTP endpoint {0}: {1}")]
+    Http(String, #[source] std::io::Error),
+}
+
+impl Error {
+    /// Stable reason string (CamelCase, as Kubernetes condition reasons are).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::SecretNotFound { .. } => "SecretNotFound",
+            Error::SecretKeyNotFound { .. } => "SecretKeyNotFound",
+            Error::InvalidSpec { .. } => "InvalidSpec",
+            Error::Serialize(_) => "SerializeFailed",
+            Error::Kube(_) => "KubernetesApiError",
+            Error::MissingField(..) => "MissingField",
+            Error::CrdNotInstalled => "CrdNotInstalled",
+            Error::Lease(..) => "LeaseFailed",
+            Error::Http(..) => "HttpFailed",
+        }
+    }
+
+    /// Whether waiting for a change of the bridge or a Secret is the fix
+    /// (as opposed to retrying with backoff).
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            Error::SecretNotFound { .. }
+                | Error::SecretKeyNotFound { .. }
+                | Error::InvalidSpec { .. }
+        )
+    }
+
+    /// Shorthand for an [`Error::InvalidSpec`].
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidSpec {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::MissingField`] of a bridge.
+    pub fn missing<K: kube::Resource<DynamicType = ()>>(obj: &K, field: &'static str) -> Self {
+        Error::MissingField(ObjectRef::from_obj(obj).to_string(), field)
+    }
+}
+
+/// Result of the operator's fallible steps.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
