@@ -12,6 +12,12 @@ pub mod bridge;
 pub mod check;
 pub mod config;
 pub mod error;
+pub mod http;
+pub mod kafka_side;
+pub mod kafka_to_mqtt;
+pub mod metrics;
+pub mod mqtt_side;
+pub mod mqtt_to_kafka;
 pub mod routes;
 pub mod topic;
 

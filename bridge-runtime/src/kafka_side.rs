@@ -1,0 +1,330 @@
+//! The Kafka clients: configuration (security, idempotent producer, bounded
+//! queue), the producer whose delivery reports drive acknowledgements, the
+//! consumer group, and the topic check behind `/readyz`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crds::{Compression, KafkaAuthenticationType};
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::config::ValidatedConfig;
+use crate::error::BridgeError;
+use crate::metrics::Observability;
+
+/// A record handed to the producer, kept until Kafka confirmed it so a
+/// failed delivery can be sent again.
+#[derive(Debug)]
+pub struct PendingRecord {
+    /// Who waits for the report.
+    pub owner: Owner,
+    /// Connection epoch the record belongs to (reports of older epochs are ignored).
+    pub epoch: u64,
+    /// Ack-tracker sequence number; `None` for untracked (QoS 0) messages.
+    pub seq: Option<u64>,
+    /// Index of the route (in its direction's list).
+    pub route: usize,
+    /// Whether this is a dead-letter record.
+    pub dead_letter: bool,
+    /// When it was first sent.
+    pub received: Instant,
+    /// When it was handed to the producer this time.
+    pub sent: Instant,
+    /// Kafka topic.
+    pub topic: String,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record payload.
+    pub payload: Bytes,
+    /// Record headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Who receives a delivery report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// MQTT→Kafka connection `i`.
+    Mqtt(usize),
+    /// The Kafka→MQTT pipeline (its dead letters).
+    KafkaToMqtt,
+}
+
+/// The outcome of one record.
+#[derive(Debug)]
+pub struct DeliveryReport {
+    /// The record.
+    pub record: Box<PendingRecord>,
+    /// `Ok` once the brokers (acks=all) have it.
+    pub result: Result<(), KafkaError>,
+}
+
+/// Routes delivery reports to their owners and watches client errors.
+pub struct BridgeKafkaContext {
+    mqtt_owners: Vec<UnboundedSender<DeliveryReport>>,
+    k2m_owner: Option<UnboundedSender<DeliveryReport>>,
+    observability: Arc<Observability>,
+    fatal: UnboundedSender<BridgeError>,
+}
+
+impl ClientContext for BridgeKafkaContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        match code {
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+                let _ = self
+                    .fatal
+                    .send(BridgeError::KafkaAuthentication(reason.to_owned()));
+            }
+            Some(RDKafkaErrorCode::AllBrokersDown) => {
+                self.observability
+                    .health
+                    .kafka_reachable
+                    .store(false, Ordering::Relaxed);
+                tracing::warn!(%reason, "all Kafka brokers down");
+            }
+            _ => tracing::warn!(error = %error, %reason, "Kafka client error"),
+        }
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+            _ => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+}
+
+impl ProducerContext for BridgeKafkaContext {
+    type DeliveryOpaque = Box<PendingRecord>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, record: Self::DeliveryOpaque) {
+        self.observability
+            .metrics
+            .kafka_delivery_latency
+            .observe(record.sent.elapsed().as_secs_f64());
+        let result = match result {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(e.clone()),
+        };
+        let owner = match record.owner {
+            Owner::Mqtt(i) => self.mqtt_owners.get(i),
+            Owner::KafkaToMqtt => self.k2m_owner.as_ref(),
+        };
+        if let Some(tx) = owner {
+            let _ = tx.send(DeliveryReport { record, result });
+        }
+    }
+}
+
+impl ConsumerContext for BridgeKafkaContext {}
+
+/// The producer shared by every pipeline.
+pub type BridgeProducer = ThreadedProducer<BridgeKafkaContext>;
+
+/// Security and connection properties common to producer and consumer.
+pub fn base_config(config: &ValidatedConfig) -> ClientConfig {
+    let kafka = &config.config.kafka;
+    let secrets = &config.secrets;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap_servers);
+    c.set("client.id", format!("{}-{}", config.origin(), config.slot));
+    let sasl = kafka
+        .authentication
+        .as_ref()
+        .filter(|a| a.kind != KafkaAuthenticationType::None);
+    let protocol = match (kafka.tls.is_some(), sasl.is_some()) {
+        (false, false) => "plaintext",
+        (true, false) => "ssl",
+        (false, true) => "sasl_plaintext",
+        (true, true) => "sasl_ssl",
+    };
+    c.set("security.protocol", protocol);
+    if let Some(auth) = sasl {
+        let mechanism = match auth.kind {
+            KafkaAuthenticationType::Plain => "PLAIN",
+            KafkaAuthenticationType::ScramSha256 => "SCRAM-SHA-256",
+            KafkaAuthenticationType::ScramSha512 => "SCRAM-SHA-512",
+            KafkaAuthenticationType::None => "",
+        };
+        c.set("sasl.mechanism", mechanism);
+        if let Some(u) = &auth.username {
+            c.set("sasl.username", u);
+        }
+        if let Some(p) = &secrets.kafka_password {
+            c.set("sasl.password", p.text());
+        }
+    }
+    if let Some(ca) = &secrets.kafka_ca {
+        c.set("ssl.ca.pem", String::from_utf8_lossy(ca.bytes()));
+    }
+    if let Some(cert) = &secrets.kafka_client_certificate {
+        c.set("ssl.certificate.pem", String::from_utf8_lossy(cert.bytes()));
+    }
+    if let Some(key) = &secrets.kafka_client_key {
+        c.set("ssl.key.pem", String::from_utf8_lossy(key.bytes()));
+    }
+    for (k, v) in &kafka.properties {
+        c.set(k, v);
+    }
+    c.set_log_level(RDKafkaLogLevel::Warning);
+    c
+}
+
+/// Creates the context; report channels are given per owner.
+pub fn context(
+    mqtt_owners: Vec<UnboundedSender<DeliveryReport>>,
+    k2m_owner: Option<UnboundedSender<DeliveryReport>>,
+    observability: Arc<Observability>,
+    fatal: UnboundedSender<BridgeError>,
+) -> BridgeKafkaContext {
+    BridgeKafkaContext {
+        mqtt_owners,
+        k2m_owner,
+        observability,
+        fatal,
+    }
+}
+
+/// The idempotent, acks=all producer with a bounded queue.
+pub fn producer(
+    config: &ValidatedConfig,
+    context: BridgeKafkaContext,
+) -> Result<BridgeProducer, BridgeError> {
+    let p = &config.config.kafka.producer;
+    let mut c = base_config(config);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "compression.type",
+            match p.compression {
+                Compression::None => "none",
+                Compression::Gzip => "gzip",
+                Compression::Snappy => "snappy",
+                Compression::Lz4 => "lz4",
+                Compression::Zstd => "zstd",
+            },
+        )
+        .set("linger.ms", p.linger_ms.to_string())
+        .set(
+            "queue.buffering.max.messages",
+            p.max_in_flight_records.to_string(),
+        )
+        .set("queue.buffering.max.kbytes", p.queue_max_kbytes.to_string())
+        .set("delivery.timeout.ms", p.delivery_timeout_ms.to_string());
+    c.create_with_context(context)
+        .map_err(|e| BridgeError::Kafka(format!("creating the producer: {e}")))
+}
+
+/// The consumer of the Kafka→MQTT routes: offsets are stored and committed
+/// only by the bridge, after MQTT acknowledged.
+pub fn consumer(
+    config: &ValidatedConfig,
+    context: BridgeKafkaContext,
+) -> Result<StreamConsumer<BridgeKafkaContext>, BridgeError> {
+    let mut c = base_config(config);
+    c.set("group.id", config.group_id())
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.offset.reset",
+            match config.config.kafka.consumer.auto_offset_reset {
+                crds::AutoOffsetReset::Earliest => "earliest",
+                crds::AutoOffsetReset::Latest => "latest",
+            },
+        );
+    c.create_with_context(context)
+        .map_err(|e| BridgeError::Kafka(format!("creating the consumer: {e}")))
+}
+
+/// Hands a record to the producer. On a full queue the record comes back
+/// (backpressure): the caller waits and tries again.
+pub fn send(
+    producer: &BridgeProducer,
+    record: Box<PendingRecord>,
+) -> Result<(), (KafkaError, Box<PendingRecord>)> {
+    let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+    for (k, v) in &record.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    // The record owns its data; librdkafka copies topic, key and payload.
+    let topic = record.topic.clone();
+    let key = record.key.clone();
+    let payload = record.payload.clone();
+    let mut base = BaseRecord::with_opaque_to(&topic, record)
+        .payload(payload.as_ref())
+        .headers(headers);
+    if let Some(k) = &key {
+        base = base.key(k.as_slice());
+    }
+    producer.send(base).map_err(|(e, r)| (e, r.delivery_opaque))
+}
+
+/// Whether a delivery error can never succeed by retrying.
+pub fn is_permanent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::InvalidTopic
+        )
+    )
+}
+
+/// Asks Kafka for metadata and checks that `topics` exist; sets the
+/// readiness flags. Blocking: run it on a blocking thread.
+pub fn check_topics(producer: &BridgeProducer, topics: &[String], observability: &Observability) {
+    use rdkafka::producer::Producer;
+    match producer
+        .client()
+        .fetch_metadata(None, Duration::from_secs(5))
+    {
+        Ok(metadata) => {
+            observability
+                .health
+                .kafka_reachable
+                .store(true, Ordering::Relaxed);
+            let missing: Vec<&String> = topics
+                .iter()
+                .filter(|t| {
+                    !metadata
+                        .topics()
+                        .iter()
+                        .any(|m| m.name() == t.as_str() && m.error().is_none())
+                })
+                .collect();
+            if !missing.is_empty() {
+                tracing::warn!(?missing, "Kafka topics named by the routes do not exist");
+            }
+            observability
+                .health
+                .topics_exist
+                .store(missing.is_empty(), Ordering::Relaxed);
+        }
+        Err(e) => {
+            observability
+                .health
+                .kafka_reachable
+                .store(false, Ordering::Relaxed);
+            tracing::warn!(error = %e, "Kafka metadata request failed");
+        }
+    }
+}

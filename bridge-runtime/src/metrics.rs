@@ -1,0 +1,266 @@
+//! Prometheus metrics and the health state `/healthz` and `/readyz` report.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label set: a list of name/value pairs.
+pub type Labels = Vec<(&'static str, String)>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every metric the bridge exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Messages received, per route and direction.
+    pub received: Family<Labels, Counter>,
+    /// Messages carried to their destination, per route.
+    pub forwarded: Family<Labels, Counter>,
+    /// Failed deliveries (retried, never acknowledged), per route and reason.
+    pub failed: Family<Labels, Counter>,
+    /// Messages sent to a dead-letter topic, per route and reason.
+    pub dead_lettered: Family<Labels, Counter>,
+    /// Messages counted and dropped, per route and reason.
+    pub dropped: Family<Labels, Counter>,
+    /// Messages waiting for their acknowledgement, per direction.
+    pub in_flight: Family<Labels, Gauge>,
+    /// Time from receipt to acknowledgement (MQTT→Kafka) or commit-ready (Kafka→MQTT).
+    pub forward_latency: Family<Labels, Histogram>,
+    /// Time Kafka took to confirm a record.
+    pub kafka_delivery_latency: Histogram,
+    /// Reconnects per side.
+    pub reconnects: Family<Labels, Counter>,
+    /// 1 while a connection is up.
+    pub connection_up: Family<Labels, Gauge>,
+    /// Age in seconds of the oldest message whose acknowledgement is held back, per connection.
+    pub ack_held_back_seconds: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("bridge");
+        let received = Family::<Labels, Counter>::default();
+        let forwarded = Family::<Labels, Counter>::default();
+        let failed = Family::<Labels, Counter>::default();
+        let dead_lettered = Family::<Labels, Counter>::default();
+        let dropped = Family::<Labels, Counter>::default();
+        let in_flight = Family::<Labels, Gauge>::default();
+        let forward_latency = Family::<Labels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let kafka_delivery_latency = latency_histogram();
+        let reconnects = Family::<Labels, Counter>::default();
+        let connection_up = Family::<Labels, Gauge>::default();
+        let ack_held_back_seconds = Family::default();
+        registry.register("messages_received", "Messages received", received.clone());
+        registry.register(
+            "messages_forwarded",
+            "Messages carried to their destination",
+            forwarded.clone(),
+        );
+        registry.register(
+            "messages_failed",
+            "Failed deliveries (retried)",
+            failed.clone(),
+        );
+        registry.register(
+            "messages_dead_lettered",
+            "Messages sent to a dead-letter topic",
+            dead_lettered.clone(),
+        );
+        registry.register("messages_dropped", "Messages dropped", dropped.clone());
+        registry.register(
+            "in_flight_messages",
+            "Messages waiting for their acknowledgement",
+            in_flight.clone(),
+        );
+        registry.register(
+            "forward_latency_seconds",
+            "Receipt to acknowledgement",
+            forward_latency.clone(),
+        );
+        registry.register(
+            "kafka_delivery_latency_seconds",
+            "Kafka produce to broker acknowledgement",
+            kafka_delivery_latency.clone(),
+        );
+        registry.register("reconnects", "Reconnects", reconnects.clone());
+        registry.register(
+            "connection_up",
+            "1 while the connection is up",
+            connection_up.clone(),
+        );
+        registry.register(
+            "ack_held_back_seconds",
+            "Age of the oldest unacknowledged message",
+            ack_held_back_seconds.clone(),
+        );
+        Self {
+            registry,
+            received,
+            forwarded,
+            failed,
+            dead_lettered,
+            dropped,
+            in_flight,
+            forward_latency,
+            kafka_delivery_latency,
+            reconnects,
+            connection_up,
+            ack_held_back_seconds,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Labels for a route-level counter.
+pub fn route(route: &str) -> Labels {
+    vec![("route", route.to_owned())]
+}
+
+/// Labels for a route-level counter with a reason.
+pub fn route_reason(route: &str, reason: &str) -> Labels {
+    vec![("route", route.to_owned()), ("reason", reason.to_owned())]
+}
+
+/// Labels for a connection.
+pub fn connection(side: &str, name: &str) -> Labels {
+    vec![("side", side.to_owned()), ("connection", name.to_owned())]
+}
+
+/// Health flags set by the event loops and read by `/healthz` and `/readyz`.
+pub struct Health {
+    started: Instant,
+    /// Per MQTT→Kafka connection: connected and subscribed.
+    pub mqtt_subscribed: Vec<AtomicBool>,
+    /// The Kafka→MQTT publisher connection is up (true when there is none).
+    pub mqtt_publisher_connected: AtomicBool,
+    /// Kafka answered the last metadata request.
+    pub kafka_reachable: AtomicBool,
+    /// Every fixed Kafka topic the routes name exists.
+    pub topics_exist: AtomicBool,
+    /// Milliseconds since start at which each loop last turned.
+    heartbeats: Vec<AtomicU64>,
+}
+
+impl Health {
+    /// Health for `connections` MQTT→Kafka connections and `loops` heartbeating loops.
+    pub fn new(connections: usize, loops: usize) -> Self {
+        Self {
+            started: Instant::now(),
+            mqtt_subscribed: (0..connections).map(|_| AtomicBool::new(false)).collect(),
+            mqtt_publisher_connected: AtomicBool::new(true),
+            kafka_reachable: AtomicBool::new(false),
+            topics_exist: AtomicBool::new(false),
+            heartbeats: (0..loops).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Loop `i` is turning.
+    pub fn beat(&self, i: usize) {
+        if let Some(h) = self.heartbeats.get(i) {
+            h.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Every loop turned within `max_age`.
+    pub fn alive(&self, max_age: Duration) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.heartbeats
+            .iter()
+            .all(|h| now.saturating_sub(h.load(Ordering::Relaxed)) <= max_age.as_millis() as u64)
+    }
+
+    /// What is not ready, empty when ready.
+    pub fn not_ready(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self
+            .mqtt_subscribed
+            .iter()
+            .all(|s| s.load(Ordering::Relaxed))
+        {
+            out.push("mqtt not connected and subscribed");
+        }
+        if !self.mqtt_publisher_connected.load(Ordering::Relaxed) {
+            out.push("mqtt publisher not connected");
+        }
+        if !self.kafka_reachable.load(Ordering::Relaxed) {
+            out.push("kafka not reachable");
+        }
+        if !self.topics_exist.load(Ordering::Relaxed) {
+            out.push("kafka topics missing");
+        }
+        out
+    }
+}
+
+/// Metrics and health, shared by every task.
+pub struct Observability {
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Health.
+    pub health: Health,
+}
+
+impl Observability {
+    /// New shared state.
+    pub fn new(connections: usize, loops: usize) -> Arc<Self> {
+        Arc::new(Self {
+            metrics: Metrics::new(),
+            health: Health::new(connections, loops),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_route_labels() {
+        let o = Observability::new(1, 1);
+        o.metrics
+            .dropped
+            .get_or_create(&route_reason("r1", "missing_field"))
+            .inc();
+        o.metrics.kafka_delivery_latency.observe(0.01);
+        let text = o.metrics.encode();
+        assert!(
+            text.contains(r#"bridge_messages_dropped_total{route="r1",reason="missing_field"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("bridge_kafka_delivery_latency_seconds_bucket"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn readiness_lists_what_is_missing() {
+        let h = Health::new(2, 1);
+        assert_eq!(h.not_ready().len(), 3);
+        for s in &h.mqtt_subscribed {
+            s.store(true, Ordering::Relaxed);
+        }
+        h.kafka_reachable.store(true, Ordering::Relaxed);
+        h.topics_exist.store(true, Ordering::Relaxed);
+        assert!(h.not_ready().is_empty());
+        h.beat(0);
+        assert!(h.alive(Duration::from_secs(1)));
+    }
+}

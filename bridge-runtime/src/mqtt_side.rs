@@ -1,0 +1,390 @@
+//! The MQTT client, over rumqttc's MQTT 3.1.1 and MQTT 5 APIs behind one
+//! small interface, so the pipelines do not care which version is spoken.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crds::MqttProtocolVersion;
+use rumqttc::v5::mqttbytes::v5 as m5;
+use rumqttc::{TlsConfiguration, Transport};
+
+use crate::config::ValidatedConfig;
+use crate::error::BridgeError;
+use crate::routes::ORIGIN_HEADER;
+
+/// Largest MQTT packet accepted or sent (rumqttc's default is only 10 KiB).
+pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
+
+/// A PUBLISH received from the broker.
+#[derive(Clone, Debug)]
+pub struct IncomingPublish {
+    /// Topic name.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS.
+    pub qos: u8,
+    /// Retain flag.
+    pub retain: bool,
+    /// Packet id (for the acknowledgement).
+    pub pkid: u16,
+    /// MQTT 5 user properties.
+    pub user_properties: Vec<(String, String)>,
+    /// MQTT 5 content type.
+    pub content_type: Option<String>,
+}
+
+/// What the event loop reports, reduced to what the bridge acts on.
+#[derive(Debug)]
+pub enum MqttEvent {
+    /// CONNACK received.
+    Connected,
+    /// A message arrived.
+    Publish(IncomingPublish),
+    /// Our PUBLISH with this packet id went out (0 for QoS 0).
+    PublishSent(u16),
+    /// The broker acknowledged our QoS 1 (PUBACK) or QoS 2 (PUBCOMP) publish.
+    PublishAcked(u16),
+    /// SUBACK: whether every filter was granted.
+    Subscribed(bool),
+    /// Anything else (pings, …).
+    Other,
+}
+
+/// Why polling failed.
+#[derive(Debug)]
+pub enum PollError {
+    /// The broker refused our credentials: retrying cannot help.
+    Refused(String),
+    /// Connection lost or not possible; poll again to reconnect.
+    Connection(String),
+}
+
+/// The request side of a connection.
+#[derive(Clone)]
+pub enum MqttClient {
+    /// MQTT 3.1.1.
+    V4(rumqttc::AsyncClient),
+    /// MQTT 5.
+    V5(rumqttc::v5::AsyncClient),
+}
+
+/// The event loop of a connection; must be polled continuously.
+pub enum MqttEventLoop {
+    /// MQTT 3.1.1.
+    V4(Box<rumqttc::EventLoop>),
+    /// MQTT 5.
+    V5(Box<rumqttc::v5::EventLoop>),
+}
+
+/// How a connection is used.
+pub struct ConnectionKind {
+    /// Client id.
+    pub client_id: String,
+    /// Keep the broker session (subscribers) or not (the publisher).
+    pub persistent: bool,
+    /// Acknowledge received messages ourselves.
+    pub manual_acks: bool,
+    /// Request channel capacity.
+    pub capacity: usize,
+}
+
+/// Creates a client and event loop (no connection is made until polled).
+pub fn connect(
+    config: &ValidatedConfig,
+    kind: ConnectionKind,
+) -> Result<(MqttClient, MqttEventLoop), BridgeError> {
+    let mqtt = &config.config.mqtt;
+    let endpoint = &config.mqtt_endpoint;
+    let transport = if endpoint.tls {
+        Transport::tls_with_config(tls_configuration(config)?)
+    } else {
+        Transport::tcp()
+    };
+    let keep_alive = Duration::from_secs(u64::from(mqtt.keep_alive_seconds));
+    let credentials = mqtt
+        .authentication
+        .as_ref()
+        .and_then(|a| a.username.clone())
+        .zip(config.secrets.mqtt_password.as_ref().map(|p| p.text()));
+    match mqtt.protocol_version {
+        MqttProtocolVersion::V311 => {
+            let mut o =
+                rumqttc::MqttOptions::new(kind.client_id, endpoint.host.clone(), endpoint.port);
+            o.set_transport(transport)
+                .set_keep_alive(keep_alive)
+                .set_clean_session(!kind.persistent)
+                .set_manual_acks(kind.manual_acks)
+                .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+                .set_inflight(100);
+            if let Some((u, p)) = credentials {
+                o.set_credentials(u, p);
+            }
+            let mut network = rumqttc::NetworkOptions::new();
+            network.set_tcp_nodelay(true);
+            network.set_connection_timeout(10);
+            let (client, mut el) = rumqttc::AsyncClient::new(o, kind.capacity);
+            el.set_network_options(network);
+            Ok((MqttClient::V4(client), MqttEventLoop::V4(Box::new(el))))
+        }
+        MqttProtocolVersion::V5 => {
+            let mut o =
+                rumqttc::v5::MqttOptions::new(kind.client_id, endpoint.host.clone(), endpoint.port);
+            o.set_transport(transport)
+                .set_keep_alive(keep_alive)
+                .set_clean_start(!kind.persistent)
+                .set_manual_acks(kind.manual_acks)
+                .set_max_packet_size(Some(MAX_PACKET_BYTES as u32))
+                .set_receive_maximum(Some(config.config.mqtt_receive_maximum));
+            if kind.persistent {
+                o.set_session_expiry_interval(Some(mqtt.session_expiry_seconds));
+            }
+            if let Some((u, p)) = credentials {
+                o.set_credentials(u, p);
+            }
+            let mut network = rumqttc::NetworkOptions::new();
+            network.set_tcp_nodelay(true);
+            network.set_connection_timeout(10);
+            o.set_network_options(network);
+            let (client, el) = rumqttc::v5::AsyncClient::new(o, kind.capacity);
+            Ok((MqttClient::V5(client), MqttEventLoop::V5(Box::new(el))))
+        }
+    }
+}
+
+fn tls_configuration(config: &ValidatedConfig) -> Result<TlsConfiguration, BridgeError> {
+    let secrets = &config.secrets;
+    let ca = match &secrets.mqtt_ca {
+        Some(ca) => ca.bytes().to_vec(),
+        // No CA given: the system bundle of Debian-like images.
+        None => std::fs::read("/etc/ssl/certs/ca-certificates.crt").map_err(|e| {
+            BridgeError::MqttTls(format!(
+                "no mqtt.tls.trustedCa and no system CA bundle: {e}"
+            ))
+        })?,
+    };
+    let client_auth = secrets
+        .mqtt_client_certificate
+        .as_ref()
+        .zip(secrets.mqtt_client_key.as_ref())
+        .map(|(c, k)| (c.bytes().to_vec(), k.bytes().to_vec()));
+    Ok(TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth,
+    })
+}
+
+impl MqttEventLoop {
+    /// Polls once.
+    pub async fn poll(&mut self) -> Result<MqttEvent, PollError> {
+        match self {
+            Self::V4(el) => {
+                use rumqttc::{ConnectReturnCode as C, ConnectionError, Event, Incoming, Outgoing};
+                match el.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => Ok(MqttEvent::Connected),
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        Ok(MqttEvent::Publish(IncomingPublish {
+                            topic: p.topic,
+                            payload: p.payload,
+                            qos: p.qos as u8,
+                            retain: p.retain,
+                            pkid: p.pkid,
+                            user_properties: Vec::new(),
+                            content_type: None,
+                        }))
+                    }
+                    Ok(Event::Incoming(Incoming::PubAck(a))) => Ok(MqttEvent::PublishAcked(a.pkid)),
+                    Ok(Event::Incoming(Incoming::PubComp(a))) => {
+                        Ok(MqttEvent::PublishAcked(a.pkid))
+                    }
+                    Ok(Event::Incoming(Incoming::SubAck(s))) => {
+                        Ok(MqttEvent::Subscribed(s.return_codes.iter().all(|c| {
+                            !matches!(c, rumqttc::SubscribeReasonCode::Failure)
+                        })))
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        Ok(MqttEvent::PublishSent(pkid))
+                    }
+                    Ok(_) => Ok(MqttEvent::Other),
+                    Err(ConnectionError::ConnectionRefused(
+                        code @ (C::BadUserNamePassword | C::NotAuthorized | C::BadClientId),
+                    )) => Err(PollError::Refused(format!("{code:?}"))),
+                    Err(e) => Err(PollError::Connection(e.to_string())),
+                }
+            }
+            Self::V5(el) => {
+                use m5::ConnectReturnCode as C;
+                use rumqttc::Outgoing;
+                use rumqttc::v5::{ConnectionError, Event, Incoming};
+                match el.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => Ok(MqttEvent::Connected),
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        let (user_properties, content_type) = p
+                            .properties
+                            .map(|pr| (pr.user_properties, pr.content_type))
+                            .unwrap_or_default();
+                        Ok(MqttEvent::Publish(IncomingPublish {
+                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                            payload: p.payload,
+                            qos: p.qos as u8,
+                            retain: p.retain,
+                            pkid: p.pkid,
+                            user_properties,
+                            content_type,
+                        }))
+                    }
+                    Ok(Event::Incoming(Incoming::PubAck(a))) => Ok(MqttEvent::PublishAcked(a.pkid)),
+                    Ok(Event::Incoming(Incoming::PubComp(a))) => {
+                        Ok(MqttEvent::PublishAcked(a.pkid))
+                    }
+                    Ok(Event::Incoming(Incoming::SubAck(s))) => Ok(MqttEvent::Subscribed(
+                        s.return_codes
+                            .iter()
+                            .all(|c| matches!(c, m5::SubscribeReasonCode::Success(_))),
+                    )),
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        Ok(MqttEvent::PublishSent(pkid))
+                    }
+                    Ok(_) => Ok(MqttEvent::Other),
+                    Err(ConnectionError::ConnectionRefused(
+                        code @ (C::BadUserNamePassword
+                        | C::NotAuthorized
+                        | C::Banned
+                        | C::BadAuthenticationMethod
+                        | C::ClientIdentifierNotValid),
+                    )) => Err(PollError::Refused(format!("{code:?}"))),
+                    Err(e) => Err(PollError::Connection(e.to_string())),
+                }
+            }
+        }
+    }
+}
+
+fn qos4(qos: u8) -> rumqttc::QoS {
+    match qos {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+fn qos5(qos: u8) -> rumqttc::v5::mqttbytes::QoS {
+    match qos {
+        0 => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        1 => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        _ => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+impl MqttClient {
+    /// Acknowledges a received message (manual acks).
+    pub async fn ack(&self, qos: u8, pkid: u16) -> Result<(), String> {
+        match self {
+            Self::V4(c) => {
+                let mut p = rumqttc::Publish::new("", qos4(qos), Vec::new());
+                p.pkid = pkid;
+                c.ack(&p).await.map_err(|e| e.to_string())
+            }
+            Self::V5(c) => {
+                let mut p = m5::Publish::new("", qos5(qos), Bytes::new(), None);
+                p.pkid = pkid;
+                c.ack(&p).await.map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Subscribes to a filter.
+    pub async fn subscribe(&self, filter: &str, qos: u8) -> Result<(), String> {
+        match self {
+            Self::V4(c) => c
+                .subscribe(filter, qos4(qos))
+                .await
+                .map_err(|e| e.to_string()),
+            Self::V5(c) => c
+                .subscribe(filter, qos5(qos))
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Publishes; MQTT 5 publishes carry the loop-prevention user property.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        qos: u8,
+        retain: bool,
+        payload: Bytes,
+        origin: &Arc<str>,
+    ) -> Result<(), String> {
+        match self {
+            Self::V4(c) => c
+                .publish_bytes(topic, qos4(qos), retain, payload)
+                .await
+                .map_err(|e| e.to_string()),
+            Self::V5(c) => {
+                let props = m5::PublishProperties {
+                    user_properties: vec![(ORIGIN_HEADER.to_owned(), origin.to_string())],
+                    ..Default::default()
+                };
+                c.publish_bytes_with_properties(topic, qos5(qos), retain, payload, props)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Sends DISCONNECT after everything queued before it.
+    pub async fn disconnect(&self) {
+        let _ = match self {
+            Self::V4(c) => c.disconnect().await.map_err(|e| e.to_string()),
+            Self::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
+        };
+    }
+}
+
+/// Capped exponential backoff for reconnects: 100 ms doubling up to 30 s.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(30);
+
+    /// The delay before the next attempt; doubles each time up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::CAP);
+        d
+    }
+
+    /// A connection succeeded.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let mut b = Backoff::default();
+        let delays: Vec<_> = (0..12).map(|_| b.next_delay()).collect();
+        assert_eq!(delays[0], Duration::from_millis(100));
+        assert_eq!(delays[1], Duration::from_millis(200));
+        assert_eq!(delays[11], Duration::from_secs(30));
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+}
