@@ -66,15 +66,15 @@ impl Bridge {
         }
     }
 
-    fn spawn_child(config_path: &PathBuf, log_path: &PathBuf) -> Child {
+    fn spawn_child(config_path: &std::path::Path, log_path: &std::path::Path) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log_path)
+            .open(log_path)
             .expect("log file");
         Command::new(BIN)
             .args(["run", "--config"])
-            .arg(&config_path)
+            .arg(config_path)
             .env("RUST_LOG", "info,librdkafka=warn")
             .stdout(Stdio::null())
             .stderr(log)
