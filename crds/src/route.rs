@@ -58,7 +58,7 @@ pub struct Route {
 pub struct MqttToKafka {
     /// MQTT topic filter, with `+` (one level) and `#` (the remaining levels) wildcards,
     /// e.g. `sensors/+/temperature`.
-    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(length(min = 1, max = 256))]
     pub mqtt_topic_filter: String,
     /// QoS of the subscription. QoS 1 and 2 are acknowledged to the broker only
     /// after Kafka acknowledged the record.

@@ -1,0 +1,249 @@
+//! Shared helpers of the operator's integration tests: the CRD, a temporary
+//! namespace, the operator running in-process, and bounded polling.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use crds::MqttKafkaBridge;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use tokio::sync::oneshot;
+
+/// Field manager of the tests (the "user").
+pub const USER: &str = "integration-test";
+
+/// An admin client with the CRD installed and established.
+pub async fn client() -> Client {
+    let client = testenv::kube_client().await;
+    let crd: CustomResourceDefinition =
+        serde_yaml::from_str(include_str!("../../../crds/mqttkafkabridges.yaml")).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "mqttkafkabridges.mqttkafka.io",
+        &PatchParams::apply(USER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    wait_for("CRD established", Duration::from_secs(30), || async {
+        let crd = crds.get("mqttkafkabridges.mqttkafka.io").await.ok()?;
+        crd.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    client
+}
+
+/// A fresh namespace.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    let name = testenv::unique_name(prefix);
+    let api: Api<Namespace> = Api::all(client.clone());
+    api.create(
+        &PostParams::default(),
+        &Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    name
+}
+
+/// Deletes a namespace (best effort, not awaited to completion).
+pub async fn drop_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let _ = api.delete(name, &DeleteParams::background()).await;
+}
+
+/// The operator running in-process on one namespace; stops when dropped.
+pub struct Operator {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<operator::Result<()>>,
+}
+
+impl Operator {
+    /// Starts an operator watching `namespace` with `client`'s identity.
+    pub fn start(client: Client, namespace: &str) -> Self {
+        // Operator logs in the test output (shown for failing tests), RUST_LOG-filtered.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "operator=info".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let (tx, rx) = oneshot::channel::<()>();
+        let config = operator::Config {
+            namespace: Some(namespace.to_string()),
+            default_image: "registry.example/bridge-runtime:test".into(),
+            http_address: Some("127.0.0.1:0".parse().unwrap()),
+            leader_election: None,
+            instance: format!("test-{namespace}"),
+        };
+        let task = tokio::spawn(operator::run(client, config, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Stops it and returns how it ended.
+    pub async fn stop(mut self) -> operator::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(20), &mut self.task)
+            .await
+            .expect("operator stops within 20 s")
+            .expect("operator task")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Polls `check` every 250 ms until it returns `Some`, panicking after `limit`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Creates or replaces an Opaque Secret.
+pub async fn put_secret(client: &Client, ns: &str, name: &str, data: &[(&str, &str)]) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let mut value = serde_json::to_value(&secret).unwrap();
+    value["apiVersion"] = "v1".into();
+    value["kind"] = "Secret".into();
+    api.patch(
+        name,
+        &PatchParams::apply(USER).force(),
+        &Patch::Apply(&value),
+    )
+    .await
+    .unwrap();
+}
+
+/// Server-side applies a bridge manifest (YAML) into `ns` as the user.
+pub async fn apply_bridge(client: &Client, ns: &str, yaml: &str) -> MqttKafkaBridge {
+    let mut value: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+    value["metadata"]["namespace"] = ns.into();
+    let name = value["metadata"]["name"].as_str().unwrap().to_string();
+    let api: Api<MqttKafkaBridge> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        &name,
+        &PatchParams::apply(USER).force(),
+        &Patch::Apply(&value),
+    )
+    .await
+    .unwrap()
+}
+
+/// The bridge's Ready condition as (status, reason, message), once it
+/// describes the current generation.
+pub async fn ready(client: &Client, ns: &str, name: &str) -> Option<(String, String, String)> {
+    let api: Api<MqttKafkaBridge> = Api::namespaced(client.clone(), ns);
+    let b = api.get(name).await.ok()?;
+    let status = b.status?;
+    let c = status.condition("Ready")?;
+    (c.observed_generation == b.metadata.generation)
+        .then(|| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until Ready has `status` and `reason` for the current generation.
+pub async fn wait_ready(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    status: &str,
+    reason: &str,
+) -> String {
+    let last = std::sync::Mutex::new(None);
+    let what = || format!("{ns}/{name} Ready={status}/{reason}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen = ready(client, ns, name).await;
+        if let Some((s, r, m)) = &seen
+            && s == status
+            && r == reason
+        {
+            return m.clone();
+        }
+        if let Ok(mut l) = last.lock() {
+            *l = seen;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {}; last seen {:?}",
+                what(),
+                last.lock().ok()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The slot Deployments of a bridge, by name.
+pub async fn deployments(client: &Client, ns: &str, bridge: &str) -> Vec<Deployment> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let mut items = api
+        .list(&ListParams::default().labels(&format!("mqttkafka.io/bridge={bridge}")))
+        .await
+        .unwrap()
+        .items;
+    items.sort_by_key(|d| d.metadata.name.clone());
+    items
+}
+
+/// The value of env var `name` in a Deployment's bridge container.
+pub fn env(d: &Deployment, name: &str) -> Option<String> {
+    d.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)?
+        .value
+        .clone()
+}

@@ -1,0 +1,426 @@
+//! The reconciler against the real control plane (kube-apiserver,
+//! controller-manager, scheduler, kwok node): each test has its own namespace
+//! and its own in-process operator watching only that namespace.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use crds::MqttKafkaBridge;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+const CURRENT: &str = include_str!("../../deploy/examples/current-sensor.yaml");
+const HIVEMQ: &str = include_str!("../../deploy/examples/hivemq-confluent.yaml");
+const FLEET: &str = include_str!("../../deploy/examples/sensor-fleet.yaml");
+
+/// Secret values no output may contain.
+const MQTT_PASSWORD: &str = "mqtt-pw-7f3a91";
+const KAFKA_SECRET: &str = "kafka-secret-c0ffee";
+
+async fn assert_no_secret_values(client: &kube::Client, ns: &str) {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let bridges: Api<MqttKafkaBridge> = Api::namespaced(client.clone(), ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let dump = format!(
+        "{}{}{}{}",
+        serde_json::to_string(&cms.list(&Default::default()).await.unwrap().items).unwrap(),
+        serde_json::to_string(&events.list(&Default::default()).await.unwrap().items).unwrap(),
+        serde_json::to_string(&bridges.list(&Default::default()).await.unwrap().items).unwrap(),
+        serde_json::to_string(&deployments.list(&Default::default()).await.unwrap().items).unwrap(),
+    );
+    for secret in [MQTT_PASSWORD, KAFKA_SECRET] {
+        assert!(!dump.contains(secret), "secret value leaked");
+    }
+}
+
+#[tokio::test]
+async fn examples_produce_their_children_and_become_ready() {
+    let client = client().await;
+    let ns = namespace(&client, "examples").await;
+    let op = Operator::start(client.clone(), &ns);
+    put_secret(
+        &client,
+        &ns,
+        "hivemq-credentials",
+        &[("password", MQTT_PASSWORD)],
+    )
+    .await;
+    put_secret(
+        &client,
+        &ns,
+        "confluent-credentials",
+        &[("api-secret", KAFKA_SECRET)],
+    )
+    .await;
+
+    for (yaml, name, replicas) in [
+        (CURRENT, "current-sensor", 1),
+        (HIVEMQ, "hivemq-confluent", 2),
+        (FLEET, "sensor-fleet", 2),
+    ] {
+        apply_bridge(&client, &ns, yaml).await;
+        wait_ready(&client, &ns, name, "True", "Available").await;
+
+        let cm: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let cm = cm.get(&format!("{name}-config")).await.unwrap();
+        let config = &cm.data.unwrap()["bridge.yaml"];
+        let parsed: crds::BridgeConfig = serde_yaml::from_str(config).unwrap();
+        assert_eq!(parsed.mqtt.client_id_prefix, name);
+
+        let ds = deployments(&client, &ns, name).await;
+        assert_eq!(ds.len(), replicas, "{name}: one Deployment per slot");
+        let slots: BTreeSet<String> = ds.iter().filter_map(|d| env(d, "BRIDGE_SLOT")).collect();
+        assert_eq!(slots.len(), replicas, "{name}: distinct slots");
+        for d in &ds {
+            assert_eq!(d.owner_references()[0].kind, "MqttKafkaBridge");
+        }
+        let svc: Api<Service> = Api::namespaced(client.clone(), &ns);
+        svc.get(&format!("{name}-metrics")).await.unwrap();
+    }
+    let hivemq_config: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let text = hivemq_config
+        .get("hivemq-confluent-config")
+        .await
+        .unwrap()
+        .data
+        .unwrap()["bridge.yaml"]
+        .clone();
+    assert!(text.contains("/etc/bridge/secrets/hivemq-credentials/password"));
+    assert!(text.contains("/etc/bridge/secrets/confluent-credentials/api-secret"));
+
+    // kubectl wait returns for a Ready bridge.
+    let status = std::process::Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            &testenv::var("KUBECONFIG"),
+            "-n",
+            &ns,
+            "wait",
+            "--for=condition=Ready",
+            "mkb/sensor-fleet",
+            "--timeout=30s",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kubectl wait");
+    assert_no_secret_values(&client, &ns).await;
+    op.stop().await.unwrap();
+    drop_namespace(&client, &ns).await;
+}
+
+async fn replica_sets(client: &kube::Client, ns: &str, bridge: &str) -> usize {
+    let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default().labels(&format!("mqttkafka.io/bridge={bridge}")))
+        .await
+        .unwrap()
+        .items
+        .len()
+}
+
+#[tokio::test]
+async fn changes_roll_the_deployment_and_nothing_else_does() {
+    let client = client().await;
+    let ns = namespace(&client, "rollout").await;
+    let op = Operator::start(client.clone(), &ns);
+    put_secret(
+        &client,
+        &ns,
+        "hivemq-credentials",
+        &[("password", MQTT_PASSWORD)],
+    )
+    .await;
+    put_secret(
+        &client,
+        &ns,
+        "confluent-credentials",
+        &[("api-secret", KAFKA_SECRET)],
+    )
+    .await;
+    let name = "hivemq-confluent";
+    apply_bridge(&client, &ns, &HIVEMQ.replace("replicas: 2", "replicas: 1")).await;
+    wait_ready(&client, &ns, name, "True", "Available").await;
+    let bridges: Api<MqttKafkaBridge> = Api::namespaced(client.clone(), &ns);
+    let deploy: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+
+    // Unchanged: re-apply and poke the bridge (a metadata change triggers a
+    // reconcile); no Deployment write, no new ReplicaSet, no status write.
+    let d0 = deploy.get(&format!("{name}-0")).await.unwrap();
+    let rs0 = replica_sets(&client, &ns, name).await;
+    apply_bridge(&client, &ns, &HIVEMQ.replace("replicas: 2", "replicas: 1")).await;
+    bridges
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"poke": "1"}}})),
+        )
+        .await
+        .unwrap();
+    let poked = bridges.get(name).await.unwrap().resource_version();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        bridges.get(name).await.unwrap().resource_version(),
+        poked,
+        "status written"
+    );
+    let d1 = deploy.get(&format!("{name}-0")).await.unwrap();
+    assert_eq!(
+        d0.resource_version(),
+        d1.resource_version(),
+        "Deployment written"
+    );
+    assert_eq!(replica_sets(&client, &ns, name).await, rs0);
+
+    // A route change rolls.
+    let changed = HIVEMQ.replace("replicas: 2", "replicas: 1").replace(
+        "kafkaTopic: sensor-temperature",
+        "kafkaTopic: sensor-temperature-v2",
+    );
+    apply_bridge(&client, &ns, &changed).await;
+    wait_for(
+        "new ReplicaSet after route change",
+        Duration::from_secs(60),
+        || async { (replica_sets(&client, &ns, name).await > rs0).then_some(()) },
+    )
+    .await;
+    wait_ready(&client, &ns, name, "True", "Available").await;
+    let rs1 = replica_sets(&client, &ns, name).await;
+
+    // A change of a referenced Secret's data rolls.
+    put_secret(
+        &client,
+        &ns,
+        "hivemq-credentials",
+        &[("password", "rotated-pw-123")],
+    )
+    .await;
+    wait_for(
+        "new ReplicaSet after Secret change",
+        Duration::from_secs(60),
+        || async { (replica_sets(&client, &ns, name).await > rs1).then_some(()) },
+    )
+    .await;
+    // Another key of the Secret is not referenced: no rollout.
+    wait_ready(&client, &ns, name, "True", "Available").await;
+    let rs2 = replica_sets(&client, &ns, name).await;
+    put_secret(
+        &client,
+        &ns,
+        "hivemq-credentials",
+        &[("password", "rotated-pw-123"), ("unrelated", "x")],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(replica_sets(&client, &ns, name).await, rs2);
+    op.stop().await.unwrap();
+    drop_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn missing_secret_then_recovers() {
+    let client = client().await;
+    let ns = namespace(&client, "secrets").await;
+    let op = Operator::start(client.clone(), &ns);
+    let name = "hivemq-confluent";
+    apply_bridge(&client, &ns, HIVEMQ).await;
+    let msg = wait_ready(&client, &ns, name, "False", "SecretNotFound").await;
+    assert!(msg.contains("confluent-credentials") || msg.contains("hivemq-credentials"));
+    assert!(deployments(&client, &ns, name).await.is_empty());
+
+    put_secret(
+        &client,
+        &ns,
+        "hivemq-credentials",
+        &[("password", MQTT_PASSWORD)],
+    )
+    .await;
+    put_secret(
+        &client,
+        &ns,
+        "confluent-credentials",
+        &[("wrong-key", KAFKA_SECRET)],
+    )
+    .await;
+    let msg = wait_ready(&client, &ns, name, "False", "SecretKeyNotFound").await;
+    assert!(msg.contains("api-secret"), "{msg}");
+
+    put_secret(
+        &client,
+        &ns,
+        "confluent-credentials",
+        &[("api-secret", KAFKA_SECRET)],
+    )
+    .await;
+    wait_ready(&client, &ns, name, "True", "Available").await;
+
+    // A warning event names the problem, never the value.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(reasons.iter().any(|r| r == "SecretNotFound"), "{reasons:?}");
+    assert_no_secret_values(&client, &ns).await;
+    op.stop().await.unwrap();
+    drop_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn invalid_spec_leaves_the_running_deployment_alone() {
+    let client = client().await;
+    let ns = namespace(&client, "invalid").await;
+    let op = Operator::start(client.clone(), &ns);
+    let name = "sensor-fleet";
+    apply_bridge(&client, &ns, FLEET).await;
+    wait_ready(&client, &ns, name, "True", "Available").await;
+    let before: Vec<Option<String>> = deployments(&client, &ns, name)
+        .await
+        .iter()
+        .map(|d| d.resource_version())
+        .collect();
+    // The way back now matches the way in: a loop.
+    let looping = FLEET.replace(
+        "mqttTopic: sensors/{sensor_id}",
+        "mqttTopic: sensors/{sensor_id}/temperature",
+    );
+    apply_bridge(&client, &ns, &looping).await;
+    let msg = wait_ready(&client, &ns, name, "False", "InvalidSpec").await;
+    assert!(msg.contains("spec.routes[readings-out]"), "{msg}");
+    let after: Vec<Option<String>> = deployments(&client, &ns, name)
+        .await
+        .iter()
+        .map(|d| d.resource_version())
+        .collect();
+    assert_eq!(before, after);
+    apply_bridge(&client, &ns, FLEET).await;
+    wait_ready(&client, &ns, name, "True", "Available").await;
+    op.stop().await.unwrap();
+    drop_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn scale_keeps_slots_stable_and_unique() {
+    let client = client().await;
+    let ns = namespace(&client, "scale").await;
+    let op = Operator::start(client.clone(), &ns);
+    let name = "sensor-fleet";
+    apply_bridge(&client, &ns, FLEET).await;
+    wait_ready(&client, &ns, name, "True", "Available").await;
+    let slot0_uid = deployments(&client, &ns, name).await[0].uid();
+
+    // kubectl scale goes through the scale subresource.
+    let status = std::process::Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            &testenv::var("KUBECONFIG"),
+            "-n",
+            &ns,
+            "scale",
+            "mkb/sensor-fleet",
+            "--replicas=4",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kubectl scale");
+    wait_ready(&client, &ns, name, "True", "Available").await;
+    let ds = deployments(&client, &ns, name).await;
+    let slots: Vec<String> = ds.iter().filter_map(|d| env(d, "BRIDGE_SLOT")).collect();
+    assert_eq!(slots, ["0", "1", "2", "3"]);
+    assert_eq!(ds[0].uid(), slot0_uid, "slot 0 untouched by scale-up");
+    let bridges: Api<MqttKafkaBridge> = Api::namespaced(client.clone(), &ns);
+    let st = bridges.get(name).await.unwrap().status.unwrap();
+    assert_eq!((st.replicas, st.ready_replicas), (4, 4));
+    assert_eq!(
+        st.label_selector.as_deref(),
+        Some("mqttkafka.io/bridge=sensor-fleet")
+    );
+    let scale = bridges.get_scale(name).await.unwrap();
+    assert_eq!(scale.status.unwrap().replicas, 4);
+
+    // Scale down removes the highest slots only.
+    bridges
+        .patch_scale(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .unwrap();
+    wait_for("scale-down to 1", Duration::from_secs(60), || async {
+        (deployments(&client, &ns, name).await.len() == 1).then_some(())
+    })
+    .await;
+    wait_ready(&client, &ns, name, "True", "Available").await;
+    let ds = deployments(&client, &ns, name).await;
+    assert_eq!(ds[0].uid(), slot0_uid);
+    assert_eq!(env(&ds[0], "BRIDGE_SLOT").as_deref(), Some("0"));
+
+    // A rollout keeps the slot and never overlaps pods of one slot.
+    let changed = FLEET
+        .replace("replicas: 2", "replicas: 1")
+        .replace("lingerMs: 10", "lingerMs: 20");
+    apply_bridge(&client, &ns, &changed).await;
+    wait_ready(&client, &ns, name, "True", "Available").await;
+    let ds = deployments(&client, &ns, name).await;
+    assert_eq!(ds[0].uid(), slot0_uid);
+    let strategy = ds[0].spec.as_ref().unwrap().strategy.as_ref().unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("Recreate"));
+    op.stop().await.unwrap();
+    drop_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn ready_follows_the_deployment() {
+    let client = client().await;
+    let ns = namespace(&client, "ready").await;
+    let op = Operator::start(client.clone(), &ns);
+    let name = "current-sensor";
+    // No node matches: the pod stays Pending, the Deployment unavailable.
+    let unschedulable = CURRENT.replace(
+        "  routes:",
+        "  template:\n    nodeSelector:\n      no-such-node: \"true\"\n  routes:",
+    );
+    apply_bridge(&client, &ns, &unschedulable).await;
+    wait_ready(&client, &ns, name, "False", "ReplicasUnavailable").await;
+    apply_bridge(&client, &ns, CURRENT).await;
+    wait_ready(&client, &ns, name, "True", "Available").await;
+    op.stop().await.unwrap();
+    drop_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn deleting_the_bridge_deletes_its_children() {
+    let client = client().await;
+    let ns = namespace(&client, "gc").await;
+    let op = Operator::start(client.clone(), &ns);
+    let name = "current-sensor";
+    apply_bridge(&client, &ns, CURRENT).await;
+    wait_ready(&client, &ns, name, "True", "Available").await;
+    let bridges: Api<MqttKafkaBridge> = Api::namespaced(client.clone(), &ns);
+    bridges
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+    wait_for("garbage collection", Duration::from_secs(60), || async {
+        let gone = deployments(&client, &ns, name).await.is_empty()
+            && cms.get_opt("current-sensor-config").await.ok()?.is_none()
+            && svcs.get_opt("current-sensor-metrics").await.ok()?.is_none();
+        gone.then_some(())
+    })
+    .await;
+    op.stop().await.unwrap();
+    drop_namespace(&client, &ns).await;
+}
