@@ -61,3 +61,20 @@ pub fn control(action: &str, server: &str) {
         .unwrap_or_else(|e| panic!("run {ctl}: {e}"));
     assert!(status.success(), "`testenv {action} {server}` failed");
 }
+
+/// Host and port of an `mqtt://` or `mqtts://` URL from the environment.
+pub fn mqtt_host_port(url_var: &str) -> (String, u16) {
+    let url = var(url_var);
+    let rest = url
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or_else(|| panic!("{url_var}={url} has no scheme"));
+    let (host, port) = rest
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{url_var}={url} has no port"));
+    (
+        host.to_string(),
+        port.parse()
+            .unwrap_or_else(|_| panic!("{url_var}={url}: bad port")),
+    )
+}

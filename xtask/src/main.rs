@@ -1,1 +1,52 @@
-fn main() {}
+//! `cargo xtask`: the project's own tasks.
+//!
+//! - `cargo xtask testenv <up|down|status|env|stop S|start S|restart S>`: the
+//!   local servers the tests talk to (Kubernetes control plane, Kafka, Mosquitto).
+//! - `cargo xtask test`: installs what is missing, brings the test environment
+//!   up and runs the whole test suite against it.
+
+mod paths;
+mod prereq;
+mod test;
+mod testenv;
+mod toolchain;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    about = "Project tasks: test environment and test suite"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage the local test environment.
+    Testenv {
+        #[command(subcommand)]
+        action: testenv::Action,
+    },
+    /// Install prerequisites, bring the test environment up and run every test.
+    Test {
+        /// Extra arguments passed to `cargo test` (after `--workspace`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_args: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Testenv { action } => testenv::run(action),
+        Command::Test { cargo_args } => test::run(&cargo_args),
+    };
+    if let Err(e) = result {
+        // One line, no backtrace: what failed and, in the message, how to fix it.
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,31 @@
+//! Where things live: the workspace, the per-user cache of server binaries,
+//! and the state directory of a running test environment.
+
+use std::path::PathBuf;
+
+/// The workspace root (the parent of this crate).
+pub fn workspace() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// Cache of downloaded and built server binaries, shared by every checkout so
+/// a second `testenv up` (or a fresh clone in CI) takes seconds.
+pub fn cache() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MKB_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("mqtt-kafka-bridge")
+}
+
+/// State of this checkout's test environment: data, configuration, logs, pids.
+pub fn state_dir() -> PathBuf {
+    match std::env::var_os("TESTENV_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => workspace().join("target").join("testenv"),
+    }
+}

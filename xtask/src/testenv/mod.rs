@@ -1,0 +1,335 @@
+//! The local test environment: real servers on 127.0.0.1 with free ports,
+//! started from cached binaries, recorded in `<state dir>/state.json` so that
+//! later commands (and tests) find them again.
+
+mod certs;
+mod kafka;
+mod kubernetes;
+mod mosquitto;
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use serde::{Deserialize, Serialize};
+
+use crate::paths;
+use crate::toolchain::Toolchain;
+use process::Server;
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum Action {
+    /// Start every server (a no-op for those already running).
+    Up,
+    /// Stop every server this environment started and delete its data.
+    Down,
+    /// Show each server, its pid and whether it runs.
+    Status,
+    /// Print `export NAME=value` lines for `eval "$(cargo xtask testenv env)"`.
+    Env,
+    /// Stop one server, keeping its data (for fault tests).
+    Stop { server: String },
+    /// Start one stopped server again with the same ports and data.
+    Start { server: String },
+    /// Stop, then start one server.
+    Restart { server: String },
+}
+
+/// What `up` recorded: the servers and the variables tests read.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    pub servers: Vec<Server>,
+    pub vars: BTreeMap<String, String>,
+}
+
+/// How long each server may take to become ready.
+fn ready_timeout(name: &str) -> Duration {
+    match name {
+        "kafka" => Duration::from_secs(120),
+        "apiserver" => Duration::from_secs(90),
+        _ => Duration::from_secs(60),
+    }
+}
+
+pub fn run(action: Action) -> Result<()> {
+    let dir = paths::state_dir();
+    match action {
+        Action::Up => {
+            up(&dir)?;
+            eprintln!(
+                "xtask: test environment up; logs in {}",
+                dir.join("logs").display()
+            );
+            eprintln!("xtask: use it from a shell with: eval \"$(cargo xtask testenv env)\"");
+            Ok(())
+        }
+        Action::Down => down(&dir),
+        Action::Status => status(&dir),
+        Action::Env => {
+            let state = load(&dir)?
+                .context("the test environment is not up: run `cargo xtask testenv up`")?;
+            for (k, v) in env_vars(&dir, &state) {
+                println!("export {k}={}", shell_quote(&v));
+            }
+            Ok(())
+        }
+        Action::Stop { server } => with_server(&dir, &server, |s, _| s.stop()),
+        Action::Start { server } => with_server(&dir, &server, start_and_wait),
+        Action::Restart { server } => with_server(&dir, &server, |s, logs| {
+            s.stop()?;
+            start_and_wait(s, logs)
+        }),
+    }
+}
+
+/// Brings every server up; returns whether anything had to be started.
+pub fn up(dir: &Path) -> Result<bool> {
+    let _lock = lock(dir)?;
+    let tools = Toolchain::ensure()?;
+    let logs = dir.join("logs");
+    let mut state = match load(dir)? {
+        Some(state) => state,
+        None => configure(dir, &tools)?,
+    };
+    let mut started = false;
+    let mut offsets = BTreeMap::new();
+    let names: Vec<String> = state.servers.iter().map(|s| s.name.clone()).collect();
+    // Start in order; etcd and the apiserver are waited for at once because what
+    // follows depends on them, the rest (Kafka is slow to boot) at the end.
+    for name in &names {
+        let Some(server) = state.servers.iter_mut().find(|s| &s.name == name) else {
+            continue;
+        };
+        if server.is_running() {
+            continue;
+        }
+        eprintln!("xtask: starting {name}");
+        let offset = process::log_len(&server.log_path(&logs));
+        offsets.insert(name.clone(), offset);
+        server.start(&logs)?;
+        started = true;
+        save(dir, &state)?;
+        if name == "etcd" || name == "apiserver" {
+            let server = state
+                .servers
+                .iter()
+                .find(|s| &s.name == name)
+                .context("server vanished")?;
+            server.wait_ready(&logs, ready_timeout(name), offset)?;
+        }
+    }
+    for server in &state.servers {
+        let offset = offsets.get(&server.name).copied().unwrap_or(0);
+        server.wait_ready(&logs, ready_timeout(&server.name), offset)?;
+    }
+    if started {
+        let kubeconfig = PathBuf::from(
+            state
+                .vars
+                .get("KUBECONFIG")
+                .context("KUBECONFIG missing from state")?,
+        );
+        kubernetes::prepare_cluster(&tools, &kubeconfig)?;
+    }
+    Ok(started)
+}
+
+/// First `up` of this state directory: ports, certificates, configuration files.
+fn configure(dir: &Path, tools: &Toolchain) -> Result<State> {
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let ports = process::free_ports(13)?;
+    let pki = certs::generate(&dir.join("pki"))?;
+    let mut vars = BTreeMap::new();
+    let kafka = kafka::configure(
+        &dir.join("kafka"),
+        tools,
+        &pki,
+        &kafka::Ports {
+            plaintext: ports[0],
+            sasl_plaintext: ports[1],
+            sasl_ssl: ports[2],
+            controller: ports[3],
+        },
+        &mut vars,
+    )?;
+    let mqtt = mosquitto::configure(
+        &dir.join("mosquitto"),
+        tools,
+        &pki,
+        &mosquitto::Ports {
+            anonymous: ports[4],
+            password: ports[5],
+            tls: ports[6],
+        },
+        &mut vars,
+    )?;
+    let k8s = kubernetes::configure(
+        &dir.join("kubernetes"),
+        tools,
+        &pki,
+        &kubernetes::Ports {
+            etcd_client: ports[7],
+            etcd_peer: ports[8],
+            apiserver: ports[9],
+            controller_manager: ports[10],
+            scheduler: ports[11],
+            kwok: ports[12],
+        },
+        &mut vars,
+    )?;
+    let mut servers = vec![kafka, mqtt];
+    servers.extend(k8s);
+    let state = State { servers, vars };
+    save(dir, &state)?;
+    Ok(state)
+}
+
+pub fn down(dir: &Path) -> Result<()> {
+    let _lock = lock(dir)?;
+    let Some(mut state) = load(dir)? else {
+        eprintln!("xtask: the test environment is not up");
+        return Ok(());
+    };
+    // Reverse order: the fake node and controllers before the apiserver, etcd last.
+    for server in state.servers.iter_mut().rev() {
+        if server.is_running() {
+            eprintln!("xtask: stopping {}", server.name);
+        }
+        server.stop()?;
+    }
+    save(dir, &state)?;
+    // Everything it made lives in the state directory; the binary cache stays.
+    std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
+    eprintln!("xtask: test environment down");
+    Ok(())
+}
+
+fn status(dir: &Path) -> Result<()> {
+    let Some(state) = load(dir)? else {
+        println!("not up (state directory {})", dir.display());
+        return Ok(());
+    };
+    let mut all = true;
+    for s in &state.servers {
+        let running = s.is_running();
+        all &= running;
+        let pid = s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<20} {:<8} pid {}",
+            s.name,
+            if running { "running" } else { "stopped" },
+            pid
+        );
+    }
+    println!("logs: {}", dir.join("logs").display());
+    if !all {
+        bail!("some servers are not running: `cargo xtask testenv up` starts them again");
+    }
+    Ok(())
+}
+
+fn start_and_wait(server: &mut Server, logs: &Path) -> Result<()> {
+    if server.is_running() {
+        return Ok(());
+    }
+    let offset = process::log_len(&server.log_path(logs));
+    server.start(logs)?;
+    server.wait_ready(logs, ready_timeout(&server.name), offset)
+}
+
+fn with_server(
+    dir: &Path,
+    name: &str,
+    action: impl FnOnce(&mut Server, &Path) -> Result<()>,
+) -> Result<()> {
+    let _lock = lock(dir)?;
+    let mut state =
+        load(dir)?.context("the test environment is not up: run `cargo xtask testenv up`")?;
+    let names: Vec<String> = state.servers.iter().map(|s| s.name.clone()).collect();
+    let server = state
+        .servers
+        .iter_mut()
+        .find(|s| s.name == name)
+        .with_context(|| format!("no server named `{name}`; servers: {}", names.join(", ")))?;
+    let result = action(server, &dir.join("logs"));
+    save(dir, &state)?;
+    result
+}
+
+/// The variables tests read, including where the logs are and how to control servers.
+pub fn env_vars(dir: &Path, state: &State) -> BTreeMap<String, String> {
+    let mut vars = state.vars.clone();
+    vars.insert(
+        "TESTENV_LOG_DIR".into(),
+        dir.join("logs").display().to_string(),
+    );
+    vars.insert("TESTENV_DIR".into(), dir.display().to_string());
+    if let Ok(exe) = std::env::current_exe() {
+        vars.insert("TESTENV_CTL".into(), exe.display().to_string());
+    }
+    vars.insert(
+        "KUBECTL".into(),
+        crate::toolchain::kubernetes_bin_dir()
+            .join("kubectl")
+            .display()
+            .to_string(),
+    );
+    vars
+}
+
+pub fn load(dir: &Path) -> Result<Option<State>> {
+    let path = dir.join("state.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "read {}; `cargo xtask testenv down` resets it",
+                path.display()
+            )
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+fn save(dir: &Path, state: &State) -> Result<()> {
+    let tmp = dir.join("state.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
+    std::fs::rename(&tmp, dir.join("state.json"))?;
+    Ok(())
+}
+
+/// An exclusive lock on the state directory, so a test restarting Kafka and a
+/// `testenv up` in another terminal do not interleave.
+fn lock(dir: &Path) -> Result<File> {
+    std::fs::create_dir_all(dir)?;
+    let file = File::create(dir.join("state.lock"))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        bail!("lock {}", dir.join("state.lock").display());
+    }
+    Ok(file)
+}
+
+/// 16 random bytes.
+pub fn random_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes
+}
+
+/// A random hex string for passwords and tokens.
+pub fn random_secret() -> String {
+    random_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
+}

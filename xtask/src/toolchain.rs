@@ -1,0 +1,199 @@
+//! The server programs, fetched from the package registries once and cached by
+//! version under [`paths::cache`].
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::paths;
+
+/// Kubernetes release of the test control plane; matches the `v1_35` feature
+/// of k8s-openapi in the workspace and `xtask/go/kubernetes/go.mod`.
+pub const KUBERNETES_VERSION: &str = "v1.35.4";
+/// kwok, the fake node that runs (pretends to run) the Pods.
+pub const KWOK_VERSION: &str = "v0.7.0";
+/// Apache Kafka; matches `xtask/maven/kafka/pom.xml`.
+pub const KAFKA_VERSION: &str = "4.1.1";
+
+/// Paths of every server program the test environment runs.
+pub struct Toolchain {
+    pub etcd: PathBuf,
+    pub kube_apiserver: PathBuf,
+    pub kube_controller_manager: PathBuf,
+    pub kube_scheduler: PathBuf,
+    pub kubectl: PathBuf,
+    pub kwok: PathBuf,
+    /// Directory of the Kafka jars (the JVM classpath is `<dir>/*`).
+    pub kafka_libs: PathBuf,
+    pub java: PathBuf,
+    pub mosquitto: PathBuf,
+    pub mosquitto_passwd: PathBuf,
+}
+
+impl Toolchain {
+    /// Builds or fetches whatever is not cached yet, printing progress for the
+    /// long first-time steps.
+    pub fn ensure() -> Result<Self> {
+        let k8s_bin = ensure_kubernetes()?;
+        let kwok = ensure_kwok()?;
+        let kafka_libs = ensure_kafka()?;
+        Ok(Self {
+            etcd: etcd_bin_vendored::etcd_bin_path()
+                .map_err(|e| anyhow::anyhow!("etcd-bin-vendored: {e:?}"))?
+                .to_path_buf(),
+            kube_apiserver: k8s_bin.join("kube-apiserver"),
+            kube_controller_manager: k8s_bin.join("kube-controller-manager"),
+            kube_scheduler: k8s_bin.join("kube-scheduler"),
+            kubectl: k8s_bin.join("kubectl"),
+            kwok,
+            kafka_libs,
+            java: which("java", "openjdk-17-jre-headless")?,
+            mosquitto: which_in("mosquitto", &["/usr/sbin"], "mosquitto")?,
+            mosquitto_passwd: which("mosquitto_passwd", "mosquitto")?,
+        })
+    }
+}
+
+/// Directory holding the cached Kubernetes binaries, if they were built.
+pub fn kubernetes_bin_dir() -> PathBuf {
+    paths::cache()
+        .join("kubernetes")
+        .join(KUBERNETES_VERSION)
+        .join("bin")
+}
+
+const KUBERNETES_COMMANDS: &[&str] = &[
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+];
+
+fn ensure_kubernetes() -> Result<PathBuf> {
+    let bin = kubernetes_bin_dir();
+    if KUBERNETES_COMMANDS.iter().all(|c| bin.join(c).exists()) {
+        return Ok(bin);
+    }
+    let module = paths::workspace().join("xtask/go/kubernetes");
+    let tmp = bin.with_extension("partial");
+    std::fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    let version = KUBERNETES_VERSION;
+    let minor = version.split('.').nth(1).unwrap_or("0");
+    // Without these the binaries report v0.0.0-master, which breaks version checks (Helm's kubeVersion).
+    let mut ldflags = String::from("-s -w");
+    for pkg in [
+        "k8s.io/component-base/version",
+        "k8s.io/client-go/pkg/version",
+    ] {
+        ldflags.push_str(&format!(
+            " -X {pkg}.gitVersion={version} -X {pkg}.gitMajor=1 -X {pkg}.gitMinor={minor} -X {pkg}.gitTreeState=clean"
+        ));
+    }
+    eprintln!(
+        "xtask: building Kubernetes {version} ({}) from the Go module proxy; first time only, about 10-20 minutes on 2 cores…",
+        KUBERNETES_COMMANDS.join(", ")
+    );
+    let mut cmd = Command::new("go");
+    cmd.current_dir(&module)
+        .args(["build", "-trimpath", "-ldflags", &ldflags, "-o"])
+        .arg(&tmp)
+        .args(
+            KUBERNETES_COMMANDS
+                .iter()
+                .map(|c| format!("k8s.io/kubernetes/cmd/{c}")),
+        )
+        .env("GOFLAGS", "-mod=mod")
+        .env("CGO_ENABLED", "0");
+    run(&mut cmd, "go build of the Kubernetes binaries")?;
+    replace_dir(&tmp, &bin)?;
+    Ok(bin)
+}
+
+fn ensure_kwok() -> Result<PathBuf> {
+    let bin = paths::cache().join("kwok").join(KWOK_VERSION).join("bin");
+    let kwok = bin.join("kwok");
+    if kwok.exists() {
+        return Ok(kwok);
+    }
+    eprintln!(
+        "xtask: building kwok {KWOK_VERSION} from the Go module proxy; first time only, a few minutes…"
+    );
+    let tmp = bin.with_extension("partial");
+    std::fs::create_dir_all(&tmp)?;
+    let mut cmd = Command::new("go");
+    cmd.args([
+        "install",
+        &format!("sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"),
+    ])
+    .env("GOBIN", &tmp)
+    .env("CGO_ENABLED", "0")
+    .current_dir(std::env::temp_dir());
+    run(&mut cmd, "go install of kwok")?;
+    replace_dir(&tmp, &bin)?;
+    Ok(kwok)
+}
+
+fn ensure_kafka() -> Result<PathBuf> {
+    let libs = paths::cache()
+        .join("kafka")
+        .join(KAFKA_VERSION)
+        .join("libs");
+    let pom = paths::workspace().join("xtask/maven/kafka/pom.xml");
+    let pom_text =
+        std::fs::read_to_string(&pom).with_context(|| format!("read {}", pom.display()))?;
+    // The marker holds the pom it was fetched with, so a changed pom refetches.
+    if std::fs::read_to_string(libs.join(".complete")).is_ok_and(|done| done == pom_text) {
+        return Ok(libs);
+    }
+    eprintln!(
+        "xtask: fetching Apache Kafka {KAFKA_VERSION} from Maven Central; first time only, about a minute…"
+    );
+    let tmp = libs.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut cmd = Command::new("mvn");
+    cmd.args(["-q", "-B", "-f"])
+        .arg(&pom)
+        .arg("dependency:copy-dependencies")
+        .arg("-DincludeScope=runtime")
+        .arg(format!("-DoutputDirectory={}", tmp.display()));
+    run(&mut cmd, "mvn dependency:copy-dependencies for Kafka")?;
+    std::fs::write(tmp.join(".complete"), pom_text)?;
+    replace_dir(&tmp, &libs)?;
+    Ok(libs)
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("start {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status}); see the output above");
+    }
+    Ok(())
+}
+
+fn replace_dir(from: &Path, to: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(to);
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::rename(from, to)
+        .with_context(|| format!("move {} to {}", from.display(), to.display()))
+}
+
+fn which(program: &str, package: &str) -> Result<PathBuf> {
+    which_in(program, &[], package)
+}
+
+fn which_in(program: &str, extra_dirs: &[&str], package: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(extra_dirs.iter().map(PathBuf::from));
+    for dir in dirs {
+        let candidate = dir.join(program);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "`{program}` not found; install the Debian package {package} (`cargo xtask test` does this when run as root)"
+    )
+}
