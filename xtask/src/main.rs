@@ -4,7 +4,9 @@
 //!   local servers the tests talk to (Kubernetes control plane, Kafka, Mosquitto).
 //! - `cargo xtask test`: installs what is missing, brings the test environment
 //!   up and runs the whole test suite against it.
+//! - `cargo xtask images`: the operator and bridge-runtime container images (buildah).
 
+mod images;
 mod paths;
 mod prereq;
 mod test;
@@ -36,6 +38,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_args: Vec<String>,
     },
+    /// Build the operator and bridge-runtime images with buildah, tagged with the crate version.
+    Images(images::Options),
 }
 
 fn main() {
@@ -43,6 +47,7 @@ fn main() {
     let result = match cli.command {
         Command::Testenv { action } => testenv::run(action),
         Command::Test { cargo_args } => test::run(&cargo_args),
+        Command::Images(opts) => images::run(&opts),
     };
     if let Err(e) = result {
         // One line, no backtrace: what failed and, in the message, how to fix it.

@@ -10,7 +10,8 @@ use anyhow::{Context, Result, bail};
 /// - openssl: generates the test CA and certificates.
 /// - libssl-dev, pkg-config, zlib1g-dev, cmake, g++, make: build librdkafka (rdkafka-sys).
 /// - maven, openjdk-17-jre-headless: fetch and run Apache Kafka.
-/// - curl: only for people poking at endpoints by hand; harmless.
+/// - buildah, podman, runc: build and run the container images (image tests);
+///   binutils (objcopy) strips debug info from the binaries in them; ca-certificates goes into them.
 const DEBIAN_PACKAGES: &[&str] = &[
     "mosquitto",
     "mosquitto-clients",
@@ -22,6 +23,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "g++",
     "make",
     "maven",
+    "buildah",
+    "podman",
+    "runc",
+    "binutils",
+    "ca-certificates",
 ];
 
 /// Installs missing Debian packages and checks the toolchains that do not come

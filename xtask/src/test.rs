@@ -9,6 +9,7 @@ use crate::{paths, prereq, testenv, toolchain};
 pub fn run(cargo_args: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
     prereq::ensure()?;
+    let helm = toolchain::ensure_helm()?;
     let dir = paths::state_dir();
     let was_up = testenv::load(&dir)?.is_some_and(|s| s.servers.iter().all(|s| s.is_running()));
     testenv::up(&dir)?;
@@ -21,6 +22,7 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
 
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs = vec![toolchain::kubernetes_bin_dir()];
+    dirs.extend(helm.parent().map(Into::into));
     dirs.extend(std::env::split_paths(&path));
     let path = std::env::join_paths(dirs).context("build PATH")?;
 

@@ -15,6 +15,8 @@ pub const KUBERNETES_VERSION: &str = "v1.35.4";
 pub const KWOK_VERSION: &str = "v0.7.0";
 /// Apache Kafka; matches `xtask/maven/kafka/pom.xml`.
 pub const KAFKA_VERSION: &str = "4.1.1";
+/// Helm, for the chart tests and for rendering `deploy/`.
+pub const HELM_VERSION: &str = "v3.22.0";
 
 /// Paths of every server program the test environment runs.
 pub struct Toolchain {
@@ -132,6 +134,40 @@ fn ensure_kwok() -> Result<PathBuf> {
     run(&mut cmd, "go install of kwok")?;
     replace_dir(&tmp, &bin)?;
     Ok(kwok)
+}
+
+/// Where the cached helm binary is (or will be, after [`ensure_helm`]).
+pub fn helm_path() -> PathBuf {
+    paths::cache()
+        .join("helm")
+        .join(HELM_VERSION)
+        .join("bin")
+        .join("helm")
+}
+
+/// Builds helm from the Go module proxy unless cached.
+pub fn ensure_helm() -> Result<PathBuf> {
+    let helm = helm_path();
+    if helm.exists() {
+        return Ok(helm);
+    }
+    let bin = helm.parent().context("helm path has a parent")?;
+    eprintln!(
+        "xtask: building helm {HELM_VERSION} from the Go module proxy; first time only, a few minutes…"
+    );
+    let tmp = bin.with_extension("partial");
+    std::fs::create_dir_all(&tmp)?;
+    let mut cmd = Command::new("go");
+    cmd.args([
+        "install",
+        &format!("helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"),
+    ])
+    .env("GOBIN", &tmp)
+    .env("CGO_ENABLED", "0")
+    .current_dir(std::env::temp_dir());
+    run(&mut cmd, "go install of helm")?;
+    replace_dir(&tmp, bin)?;
+    Ok(helm)
 }
 
 fn ensure_kafka() -> Result<PathBuf> {

@@ -279,6 +279,10 @@ pub fn env_vars(dir: &Path, state: &State) -> BTreeMap<String, String> {
             .display()
             .to_string(),
     );
+    vars.insert(
+        "HELM".into(),
+        crate::toolchain::helm_path().display().to_string(),
+    );
     vars
 }
 
