@@ -1,0 +1,159 @@
+//! The operator binary, authenticated with a token of the chart's
+//! ServiceAccount (not admin), reconciles an example bridge to Ready; what the
+//! chart's RBAC does not grant (writing a Secret) is denied.
+
+use std::process::{Child, Command, Stdio};
+
+use install_tests::*;
+
+/// Kills the operator when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A kubeconfig for the test apiserver that authenticates with `token` only.
+fn token_kubeconfig(token: &str, path: &std::path::Path) {
+    let admin: serde_json::Value = serde_json::from_str(&run_ok(
+        kubectl().args(["config", "view", "--raw", "--minify", "-o", "json"]),
+        None,
+    ))
+    .unwrap();
+    let cluster = admin["clusters"][0]["cluster"].clone();
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "testenv", "cluster": cluster}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "testenv", "user": "operator"}}],
+        "current-context": "operator",
+    });
+    std::fs::write(path, serde_json::to_vec(&config).unwrap()).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+#[test]
+fn operator_with_the_chart_service_account_reconciles_a_bridge() {
+    let ns = TempNamespace::new("sa-token");
+    let release = unique_name("mko");
+    let sa = format!("{release}-mqtt-kafka-operator");
+    // The chart's defaults (ClusterRole), with no in-cluster replica: the
+    // operator under test is the local process.
+    run_ok(
+        helm().args(["install", &release]).arg(chart_dir()).args([
+            "--namespace",
+            &ns.name,
+            "--set",
+            "replicaCount=0",
+        ]),
+        None,
+    );
+    let token = run_ok(
+        kubectl().args(["create", "token", &sa, "-n", &ns.name, "--duration=15m"]),
+        None,
+    );
+    let dir = std::env::temp_dir().join(unique_name("install-tests-sa"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    token_kubeconfig(token.trim(), &kubeconfig);
+    let as_operator = || {
+        let mut cmd = Command::new(var("KUBECTL"));
+        cmd.env("KUBECONFIG", &kubeconfig);
+        cmd
+    };
+    let whoami = run_ok(
+        as_operator().args([
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ]),
+        None,
+    );
+    assert_eq!(whoami, format!("system:serviceaccount:{}:{sa}", ns.name));
+
+    let log_path = dir.join("operator.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    // Confined to the test namespace so it never touches other tests' bridges.
+    let _operator = Running(
+        Command::new(cargo_bin("operator"))
+            .args([
+                "--bridge-image=localhost/mqtt-kafka-bridge:test",
+                "--http-address=127.0.0.1:0",
+                "--log-format=text",
+                &format!("--namespace={}", ns.name),
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the operator"),
+    );
+
+    let example =
+        std::fs::read_to_string(workspace().join("deploy/examples/current-sensor.yaml")).unwrap();
+    run_ok(
+        kubectl().args(["apply", "-n", &ns.name, "-f", "-"]),
+        Some(&example),
+    );
+    let ready = output(
+        kubectl().args([
+            "wait",
+            "-n",
+            &ns.name,
+            "--for=condition=Ready",
+            "mkb/current-sensor",
+            &format!("--timeout={WAIT}"),
+        ]),
+        None,
+    );
+    assert!(
+        ready.status.success(),
+        "bridge not Ready: {}\noperator log:\n{}",
+        String::from_utf8_lossy(&ready.stderr),
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    assert!(get("deployment", Some(&ns.name), "current-sensor-0").is_some());
+
+    // What the role does not grant is refused to the same credentials.
+    let denied = run_err(
+        as_operator().args([
+            "create",
+            "secret",
+            "generic",
+            "not-allowed",
+            "-n",
+            &ns.name,
+            "--from-literal=k=v",
+        ]),
+        None,
+    );
+    assert!(denied.contains("forbidden"), "{denied}");
+    let denied = run_err(
+        as_operator().args([
+            "delete",
+            "crd",
+            "mqttkafkabridges.mqttkafka.io",
+            "--dry-run=server",
+        ]),
+        None,
+    );
+    assert!(denied.contains("forbidden"), "{denied}");
+
+    drop(_operator);
+    run_ok(
+        helm().args(["uninstall", &release, "--namespace", &ns.name]),
+        None,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
