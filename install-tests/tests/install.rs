@@ -43,6 +43,17 @@ fn helm_install_upgrade_and_uninstall() {
         notes.contains("kind: MqttKafkaBridge"),
         "NOTES tell how to create a bridge:\n{notes}"
     );
+    // The first bridge NOTES suggests is one the apiserver accepts.
+    let bridge: String = notes
+        .lines()
+        .skip_while(|l| !l.starts_with("  apiVersion: mqttkafka.io/"))
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+        .collect();
+    run_ok(
+        kubectl().args(["apply", "--dry-run=server", "-n", &watched.name, "-f", "-"]),
+        Some(&bridge),
+    );
     wait_available(&ns.name, &fullname);
     assert!(get("clusterrole", None, &fullname).is_some());
     assert!(get("clusterrolebinding", None, &fullname).is_some());
