@@ -16,6 +16,15 @@ impl Drop for Running {
     }
 }
 
+/// Holds the token's kubeconfig; removed however the test ends.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A kubeconfig for the test apiserver that authenticates with `token` only.
 fn token_kubeconfig(token: &str, path: &std::path::Path) {
     let admin: serde_json::Value = serde_json::from_str(&run_ok(
@@ -60,8 +69,9 @@ fn operator_with_the_chart_service_account_reconciles_a_bridge() {
         kubectl().args(["create", "token", &sa, "-n", &ns.name, "--duration=15m"]),
         None,
     );
-    let dir = std::env::temp_dir().join(unique_name("install-tests-sa"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir(std::env::temp_dir().join(unique_name("install-tests-sa")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = &dir.0;
     let kubeconfig = dir.join("kubeconfig");
     token_kubeconfig(token.trim(), &kubeconfig);
     let as_operator = || {
@@ -155,5 +165,4 @@ fn operator_with_the_chart_service_account_reconciles_a_bridge() {
         helm().args(["uninstall", &release, "--namespace", &ns.name]),
         None,
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
