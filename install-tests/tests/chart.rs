@@ -106,6 +106,10 @@ fn default_values_pass_a_server_side_dry_run() {
     let deploy = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
     assert_eq!(deploy["spec"]["replicas"], 1);
     assert_eq!(deploy["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(
+        deploy["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"],
+        "/readyz"
+    );
     let container = &deploy["spec"]["template"]["spec"]["containers"][0];
     let args: Vec<&str> = container["args"]
         .as_sequence()
@@ -231,6 +235,11 @@ fn custom_values_pass_a_server_side_dry_run() {
     let spec = &deploy["spec"]["template"]["spec"];
     assert_eq!(spec["serviceAccountName"], "bridge-operator");
     assert_eq!(spec["nodeSelector"]["kubernetes.io/os"], "linux");
+    // Standbys are never leaders: probing /readyz would keep them unready.
+    assert_eq!(
+        spec["containers"][0]["readinessProbe"]["httpGet"]["path"],
+        "/healthz"
+    );
     let args = serde_yaml::to_string(&spec["containers"][0]["args"]).unwrap();
     for expected in [
         "--leader-election",
