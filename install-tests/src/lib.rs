@@ -287,7 +287,9 @@ pub fn plain_manifests() -> Vec<(&'static str, String)> {
                 "{}apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {DEPLOY_NAMESPACE}\n  labels:\n    \
                  # The operator's pod meets the restricted Pod Security Standard.\n    \
                  pod-security.kubernetes.io/enforce: restricted\n",
-                header("The namespace (what `helm install --create-namespace` creates)")
+                header(
+                    "The namespace (not part of the chart: `helm install --create-namespace` makes it)"
+                )
             ),
         ),
         (
