@@ -1,11 +1,13 @@
 //! Starting and stopping one server process, detached from xtask so it keeps
 //! running after the command returns, and stopped later by its process id.
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -50,8 +52,11 @@ impl Server {
 
     /// Whether the recorded process is still this server (not a reused pid).
     pub fn is_running(&self) -> bool {
-        self.pid
-            .is_some_and(|pid| pid_is_program(pid, &self.program))
+        let Some(pid) = self.pid else { return false };
+        match exit_status_of_own_child(pid) {
+            Some(status) => status.is_none(),
+            None => pid_is_program(pid, &self.program),
+        }
     }
 
     /// Starts the server in its own process group with output appended to its log.
@@ -75,8 +80,13 @@ impl Server {
             .spawn()
             .with_context(|| format!("start {} ({})", self.name, self.program.display()))?;
         self.pid = Some(child.id());
-        // The child is reaped by init once xtask exits; nothing waits on it here.
-        std::mem::forget(child);
+        // Kept so this process can reap it and report how it ended; once xtask
+        // exits the server is reparented and found again by its pid.
+        if let Ok(mut children) = SPAWNED.lock() {
+            children
+                .get_or_insert_with(HashMap::new)
+                .insert(child.id(), child);
+        }
         Ok(())
     }
 
@@ -85,8 +95,14 @@ impl Server {
         let deadline = Instant::now() + timeout;
         loop {
             if !self.is_running() {
+                let how = self
+                    .pid
+                    .and_then(exit_status_of_own_child)
+                    .flatten()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default();
                 bail!(
-                    "{} exited during startup; last lines of {}:\n{}",
+                    "{} exited during startup{how}; last lines of {}:\n{}",
                     self.name,
                     self.log_path(log_dir).display(),
                     tail(&self.log_path(log_dir), 15)
@@ -158,6 +174,20 @@ impl Server {
     }
 }
 
+/// Servers this xtask process started, by pid.
+static SPAWNED: Mutex<Option<HashMap<u32, Child>>> = Mutex::new(None);
+
+/// For a server this process started: `Some(None)` while it runs,
+/// `Some(Some(status))` once it exited. `None` for other processes.
+fn exit_status_of_own_child(pid: u32) -> Option<Option<ExitStatus>> {
+    let mut guard = SPAWNED.lock().ok()?;
+    let child = guard.as_mut()?.get_mut(&pid)?;
+    match child.try_wait() {
+        Ok(status) => Some(status),
+        Err(_) => None,
+    }
+}
+
 fn signal_group(pid: u32, signal: i32) {
     let Ok(pid) = i32::try_from(pid) else { return };
     // SAFETY: kill(2) with a negative pid signals the process group; no memory is involved.
@@ -165,9 +195,6 @@ fn signal_group(pid: u32, signal: i32) {
         if libc::kill(-pid, signal) != 0 {
             libc::kill(pid, signal);
         }
-        // Reap it if it is our own child (a `restart` in the same xtask process).
-        let mut status = 0;
-        libc::waitpid(pid, &mut status, libc::WNOHANG);
     }
 }
 
@@ -191,6 +218,11 @@ fn pid_is_program(pid: u32, program: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
+    if cmdline.is_empty() {
+        // Between fork and exec (or while exec replaces the image) the command
+        // line reads empty: the process is alive and about to be `program`.
+        return true;
+    }
     let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
     let want = program.as_os_str().as_encoded_bytes();
     argv0 == want
