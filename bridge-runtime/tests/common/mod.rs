@@ -292,8 +292,24 @@ pub async fn mqtt_client(
     rumqttc::AsyncClient,
     tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
 ) {
+    mqtt_client_with_session(name, false).await
+}
+
+/// As [`mqtt_client`]; with `persistent` the session survives reconnects, so
+/// rumqttc publishes again what the broker had not acknowledged when the
+/// connection dropped. A clean-session client silently discards those
+/// (rumqttc clears its pending requests when the broker has no session), which
+/// would make a publisher, not the bridge, lose messages in fault tests.
+pub async fn mqtt_client_with_session(
+    name: &str,
+    persistent: bool,
+) -> (
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+) {
     let (host, port) = mqtt_host_port(&testenv::var("MQTT_URL"));
     let mut o = rumqttc::MqttOptions::new(testenv::unique_name(name), host, port);
+    o.set_clean_session(!persistent);
     o.set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1 << 20, 1 << 20)
         .set_inflight(1000);
