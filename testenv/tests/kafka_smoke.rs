@@ -99,6 +99,13 @@ async fn ten_partition_topic_round_trip_over_sasl_scram_plaintext() {
 }
 
 #[tokio::test]
+async fn round_trip_over_sasl_scram_sha_256() {
+    let mut config = scram_plaintext();
+    config.set("sasl.mechanism", "SCRAM-SHA-256");
+    round_trip(config, 2).await;
+}
+
+#[tokio::test]
 async fn round_trip_over_sasl_ssl() {
     round_trip(scram_ssl(), 3).await;
 }

@@ -53,8 +53,9 @@ pub fn configure(
          share.coordinator.state.topic.replication.factor=1\n\
          share.coordinator.state.topic.min.isr=1\n\
          group.initial.rebalance.delay.ms=0\n\
-         listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512\n\
+         listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512\n\
          listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_{plain_user}=\"{plain_password}\";\n\
+         listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
          listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
          listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512\n\
          listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
@@ -111,6 +112,9 @@ pub fn configure(
         .args([
             "--add-scram",
             &format!("SCRAM-SHA-512=[name=\"{scram_user}\",password=\"{scram_password}\"]"),
+            // The same user and password for SCRAM-SHA-256 (SASL_PLAINTEXT listener).
+            "--add-scram",
+            &format!("SCRAM-SHA-256=[name=\"{scram_user}\",password=\"{scram_password}\"]"),
         ]);
     let out = format.output().context("run Kafka StorageTool")?;
     if !out.status.success() {
