@@ -4,8 +4,11 @@
 //!   local servers the tests talk to (Kubernetes control plane, Kafka, Mosquitto).
 //! - `cargo xtask test`: installs what is missing, brings the test environment
 //!   up and runs the whole test suite against it.
+//! - `cargo xtask bench [scenario]`: the benchmarks (`fleet-bench` in
+//!   `sensor-fleet`) against the test environment; results in `target/bench/`.
 //! - `cargo xtask images`: the operator and bridge-runtime container images (buildah).
 
+mod bench;
 mod images;
 mod paths;
 mod prereq;
@@ -38,6 +41,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_args: Vec<String>,
     },
+    /// Build in release mode and run a benchmark scenario (reference, reference-qos0,
+    /// peak, peak-qos0, kafka-to-mqtt, operator-scale, all) against the test environment.
+    Bench {
+        /// Scenario and further `fleet-bench` arguments (`-- --help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Build the operator and bridge-runtime images with buildah, tagged with the crate version.
     Images(images::Options),
 }
@@ -47,6 +57,7 @@ fn main() {
     let result = match cli.command {
         Command::Testenv { action } => testenv::run(action),
         Command::Test { cargo_args } => test::run(&cargo_args),
+        Command::Bench { args } => bench::run(&args),
         Command::Images(opts) => images::run(&opts),
     };
     if let Err(e) = result {
