@@ -50,17 +50,26 @@ const RESYNC: Duration = Duration::from_secs(600);
 pub async fn reconcile(bridge: Arc<MqttKafkaBridge>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let result = reconcile_inner(&bridge, &ctx).await;
-    ctx.metrics
-        .observe(started.elapsed(), result.as_ref().err().map(Error::reason));
+    // A bridge left not Ready by a user error failed too, with its reason.
+    let failure = match &result {
+        Ok((_, user_error)) => *user_error,
+        Err(e) => Some(e.reason()),
+    };
+    ctx.metrics.observe(started.elapsed(), failure);
     if result.is_ok()
         && let Ok(mut failures) = ctx.failures.lock()
     {
         failures.remove(&ObjectRef::from_obj(bridge.as_ref()));
     }
-    result
+    result.map(|(action, _)| action)
 }
 
-async fn reconcile_inner(bridge: &MqttKafkaBridge, ctx: &Context) -> Result<Action> {
+/// The next action, and the reason of a user error that keeps the bridge
+/// from being reconciled as specified.
+async fn reconcile_inner(
+    bridge: &MqttKafkaBridge,
+    ctx: &Context,
+) -> Result<(Action, Option<&'static str>)> {
     let ns = bridge
         .namespace()
         .ok_or_else(|| Error::missing(bridge, "metadata.namespace"))?;
@@ -117,12 +126,13 @@ async fn reconcile_inner(bridge: &MqttKafkaBridge, ctx: &Context) -> Result<Acti
     }
 
     let ready = new.condition(READY).is_some_and(|c| c.status == "True");
-    Ok(match (&user_error, ready) {
+    let action = match (&user_error, ready) {
         // Secrets and the bridge are watched: a fix triggers a reconcile.
         (Some(_), _) => Action::requeue(RESYNC),
         (None, false) => Action::requeue(NOT_READY_REQUEUE),
         (None, true) => Action::requeue(RESYNC),
-    })
+    };
+    Ok((action, user_error.as_ref().map(Error::reason)))
 }
 
 /// Emits an event when the Ready condition's status or reason changed.
@@ -229,8 +239,17 @@ pub async fn run_controller(
     let store = controller.store();
     let ready_store = store.clone();
     tokio::spawn(async move {
-        if ready_store.wait_until_ready().await.is_ok() {
-            ready();
+        // kube's readiness signal keeps only the last poller's waker, and the
+        // controller polls it too: a single await here is never woken. Poll
+        // again until the value is memoized instead.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(500), ready_store.wait_until_ready())
+                .await
+            {
+                Ok(Ok(())) => break ready(),
+                Ok(Err(_)) => break,
+                Err(_) => {}
+            }
         }
     });
     controller

@@ -34,7 +34,7 @@ impl Default for Metrics {
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_failures",
-            "Reconciles that failed, by reason",
+            "Reconciles that failed (API errors, or a bridge that cannot run as specified), by reason",
             failures.clone(),
         );
         registry.register(
