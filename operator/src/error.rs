@@ -43,9 +43,21 @@ pub enum Error {
     MissingField(String, &'static str),
     /// The `MqttKafkaBridge` CRD is not installed.
     #[error(
-        "the MqttKafkaBridge CRD is not installed: kubectl apply -f crds/mqttkafkabridges.yaml"
+        "the CustomResourceDefinition mqttkafkabridges.mqttkafka.io (kind MqttKafkaBridge, \
+         version v1alpha1) is not installed on this cluster: install it with \
+         `kubectl apply --server-side -f deploy/crd.yaml` or the Helm chart \
+         helm/mqtt-kafka-operator, then restart the operator"
     )]
     CrdNotInstalled,
+    /// RBAC does not let the operator list bridges.
+    #[error(
+        "not allowed to list mqttkafkabridges.mqttkafka.io ({0}): bind the operator's \
+         ServiceAccount to the role in deploy/rbac.yaml or install the Helm chart"
+    )]
+    CrdForbidden(String),
+    /// Another replica took the lease (or it could not be renewed in time).
+    #[error("lost the leader election lease")]
+    LeadershipLost,
     /// Leader election failed.
     #[error("leader election on Lease {0}: {1}")]
     Lease(String, #[source] kube::Error),
@@ -65,6 +77,8 @@ impl Error {
             Error::Kube(_) => "KubernetesApiError",
             Error::MissingField(..) => "MissingField",
             Error::CrdNotInstalled => "CrdNotInstalled",
+            Error::CrdForbidden(_) => "CrdForbidden",
+            Error::LeadershipLost => "LeadershipLost",
             Error::Lease(..) => "LeaseFailed",
             Error::Http(..) => "HttpFailed",
         }

@@ -1,6 +1,7 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so that only one of
 //! several operator replicas reconciles. A replica that cannot renew its
-//! lease in time stops reconciling (the process then exits and restarts).
+//! lease in time stops reconciling (the process then exits and restarts);
+//! one that shuts down releases the lease so a standby takes over at once.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::error::{Error, Result};
 
@@ -90,9 +91,52 @@ pub async fn try_acquire(api: &Api<Lease>, s: &LeaseSettings) -> Result<bool> {
     }
 }
 
+/// The lease, held: renewed in the background until lost or released.
+pub struct Leadership {
+    held: watch::Receiver<bool>,
+    release: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Leadership {
+    /// Resolves once the lease is lost (never while it is held).
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut held = self.held.clone();
+        async move {
+            // An error means the renewal task ended: the lease is gone.
+            while *held.borrow_and_update() {
+                if held.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Stops renewing and hands the lease back, so a standby takes over at
+    /// its next attempt instead of waiting for the lease to expire.
+    pub async fn release(mut self) {
+        if let Some(tx) = self.release.take() {
+            let _ = tx.send(());
+        }
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("releasing the lease timed out");
+        }
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        // Dropped without release (e.g. the future running the operator was
+        // cancelled): stop renewing, or a dead operator would keep the lease.
+        self.task.abort();
+    }
+}
+
 /// Blocks until this replica leads, then keeps renewing in the background.
-/// The returned receiver turns `false` once the lease is lost.
-pub async fn acquire(client: Client, s: LeaseSettings) -> Result<watch::Receiver<bool>> {
+pub async fn acquire(client: Client, s: LeaseSettings) -> Result<Leadership> {
     let api: Api<Lease> = Api::namespaced(client, &s.namespace);
     let retry = s.duration / 3;
     loop {
@@ -105,10 +149,21 @@ pub async fn acquire(client: Client, s: LeaseSettings) -> Result<watch::Receiver
     }
     tracing::info!(lease = %s.name, identity = %s.identity, "leading");
     let (tx, rx) = watch::channel(true);
-    tokio::spawn(async move {
+    let (release_tx, mut release_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
         let mut last_renewal = tokio::time::Instant::now();
         loop {
-            tokio::time::sleep(retry).await;
+            tokio::select! {
+                () = tokio::time::sleep(retry) => {}
+                _ = &mut release_rx => {
+                    let _ = tx.send(false);
+                    match release(&api, &s).await {
+                        Ok(()) => tracing::info!(lease = %s.name, "released the lease"),
+                        Err(e) => tracing::warn!(error = %e, "releasing the lease failed"),
+                    }
+                    return;
+                }
+            }
             match try_acquire(&api, &s).await {
                 Ok(true) => last_renewal = tokio::time::Instant::now(),
                 Ok(false) => break,
@@ -122,7 +177,34 @@ pub async fn acquire(client: Client, s: LeaseSettings) -> Result<watch::Receiver
         tracing::error!(lease = %s.name, "lost leadership");
         let _ = tx.send(false);
     });
-    Ok(rx)
+    Ok(Leadership {
+        held: rx,
+        release: Some(release_tx),
+        task,
+    })
+}
+
+/// Empties the holder of a lease we hold (as client-go's ReleaseOnCancel).
+async fn release(api: &Api<Lease>, s: &LeaseSettings) -> Result<()> {
+    let lease_error = |e| Error::Lease(s.name.clone(), e);
+    let Some(mut lease) = api.get_opt(&s.name).await.map_err(lease_error)? else {
+        return Ok(());
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return Ok(());
+    };
+    if spec.holder_identity.as_deref() != Some(s.identity.as_str()) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    // A conflict means someone else wrote it after us: nothing to release.
+    match api.replace(&s.name, &PostParams::default(), &lease).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(lease_error(e)),
+    }
 }
 
 #[cfg(test)]

@@ -49,7 +49,8 @@ pub struct Config {
     pub instance: String,
 }
 
-/// Fails with [`Error::CrdNotInstalled`] unless the CRD is served.
+/// Fails with [`Error::CrdNotInstalled`] unless the CRD is served, or with
+/// [`Error::CrdForbidden`] when RBAC does not let the operator list bridges.
 pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<()> {
     let api: Api<MqttKafkaBridge> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -57,7 +58,9 @@ pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<()> {
     };
     match api.list(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
+        // An unknown group or version is a bare 404 (not a Status object).
         Err(kube::Error::Api(e)) if e.code == 404 => Err(Error::CrdNotInstalled),
+        Err(kube::Error::Api(e)) if e.code == 403 => Err(Error::CrdForbidden(e.message.clone())),
         Err(e) => Err(e.into()),
     }
 }
@@ -90,23 +93,24 @@ pub async fn run(
             () = shutdown.clone() => return Ok(()),
         }
     }
-    let lost = async move {
-        if let Some(mut rx) = leadership {
-            while *rx.borrow() {
-                if rx.changed().await.is_err() {
-                    break;
-                }
-            }
-        } else {
-            futures::future::pending::<()>().await;
-        }
-    };
+    let lost_flag = Arc::new(AtomicBool::new(false));
+    let lost = leadership.as_ref().map(leader::Leadership::lost);
     let stop = {
         let shutdown = shutdown.clone();
+        let lost_flag = lost_flag.clone();
         async move {
+            let lost = async move {
+                match lost {
+                    Some(lost) => lost.await,
+                    None => futures::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 () = shutdown => {},
-                () = lost => tracing::error!("stopping: leadership lost"),
+                () = lost => {
+                    tracing::error!("stopping: leadership lost");
+                    lost_flag.store(true, Ordering::Relaxed);
+                }
             }
         }
     };
@@ -135,8 +139,15 @@ pub async fn run(
     )
     .await;
     ready.store(false, Ordering::Relaxed);
+    if let Some(leadership) = leadership {
+        leadership.release().await;
+    }
     if let Some(task) = http_task {
         task.abort();
+    }
+    if lost_flag.load(Ordering::Relaxed) {
+        // Exit non-zero so the pod restarts and campaigns again.
+        return Err(Error::LeadershipLost);
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! is [`operator::run`].
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -35,9 +36,22 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line on stderr, whatever the log format: the first thing a
+            // user reads in `kubectl logs` or a terminal.
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if args.log_format == "json" {
@@ -66,9 +80,9 @@ async fn main() -> anyhow::Result<()> {
             }),
         instance: args.identity,
     };
-    operator::run(client, config, shutdown_signal())
-        .await
-        .context("operator failed")
+    operator::run(client, config, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C.
