@@ -74,9 +74,26 @@ pub struct Operator {
     task: tokio::task::JoinHandle<operator::Result<()>>,
 }
 
+/// The configuration tests run the operator with: one namespace, an HTTP
+/// endpoint on a free port, no leader election.
+pub fn test_config(namespace: &str) -> operator::Config {
+    operator::Config {
+        namespace: Some(namespace.to_string()),
+        default_image: "registry.example/bridge-runtime:test".into(),
+        http_address: Some("127.0.0.1:0".parse().unwrap()),
+        leader_election: None,
+        instance: format!("test-{namespace}"),
+    }
+}
+
 impl Operator {
     /// Starts an operator watching `namespace` with `client`'s identity.
     pub fn start(client: Client, namespace: &str) -> Self {
+        Self::start_with(client, test_config(namespace))
+    }
+
+    /// Starts an operator with any configuration.
+    pub fn start_with(client: Client, config: operator::Config) -> Self {
         // Operator logs in the test output (shown for failing tests), RUST_LOG-filtered.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -86,13 +103,6 @@ impl Operator {
             .with_test_writer()
             .try_init();
         let (tx, rx) = oneshot::channel::<()>();
-        let config = operator::Config {
-            namespace: Some(namespace.to_string()),
-            default_image: "registry.example/bridge-runtime:test".into(),
-            http_address: Some("127.0.0.1:0".parse().unwrap()),
-            leader_election: None,
-            instance: format!("test-{namespace}"),
-        };
         let task = tokio::spawn(operator::run(client, config, async move {
             let _ = rx.await;
         }));
@@ -246,4 +256,52 @@ pub fn env(d: &Deployment, name: &str) -> Option<String> {
         .find(|e| e.name == name)?
         .value
         .clone()
+}
+
+/// A local address with a port that was free a moment ago.
+pub fn free_address() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Status code and body of `GET http://{address}{path}`; `None` when the
+/// endpoint does not answer within 10 s.
+pub async fn http_get(address: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        let code = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The value of an unlabelled metric (or one with exactly `labels`) in a
+/// Prometheus text exposition.
+pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(&key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `$KUBECTL` (or `kubectl`) with the test kubeconfig.
+pub fn kubectl() -> std::process::Command {
+    let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let mut cmd = std::process::Command::new(program);
+    cmd.env("KUBECONFIG", testenv::var("KUBECONFIG"));
+    cmd
 }
