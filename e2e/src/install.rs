@@ -1,0 +1,281 @@
+//! Installing the operator with the chart and running it under the chart's
+//! ServiceAccount; the Secrets and the sample bridge.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result};
+
+use crate::{Servers, run};
+
+/// Kubernetes version for `helm template` (helm built from the Go proxy
+/// assumes 1.20); the test control plane's release.
+pub const KUBE_VERSION: &str = "v1.35.4";
+/// Secret with the Kafka SCRAM password (key `password`).
+pub const KAFKA_SECRET: &str = "kafka-credentials";
+/// Secret with the MQTT password (key `password`).
+pub const MQTT_SECRET: &str = "mqtt-credentials";
+
+pub fn chart_dir() -> PathBuf {
+    crate::workspace().join("helm/mqtt-kafka-operator")
+}
+
+/// A namespace enforcing the "restricted" Pod Security Standard, so bridge
+/// pods that are not locked down would be refused.
+pub fn create_namespace(s: &Servers, name: &str) -> Result<()> {
+    let manifest = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
+         pod-security.kubernetes.io/enforce: restricted\n"
+    );
+    run(s.kubectl().args(["apply", "-f", "-"]), Some(&manifest))?;
+    Ok(())
+}
+
+/// `helm install` of the chart into `operator_ns`, watching `bridge_ns`
+/// only (a Role there), with no in-cluster replica: kwok pods run nothing,
+/// so the operator runs as a local process under the chart's
+/// ServiceAccount token ([`token_kubeconfig`], [`start_operator`]).
+pub fn helm_install(
+    s: &Servers,
+    helm_home: &Path,
+    release: &str,
+    operator_ns: &str,
+    bridge_ns: &str,
+    bridge_image: &str,
+) -> Result<()> {
+    let (repo, tag) = bridge_image
+        .rsplit_once(':')
+        .unwrap_or((bridge_image, "latest"));
+    run(
+        s.helm(helm_home)
+            .args(["upgrade", "--install", release])
+            .arg(chart_dir())
+            .args(["--namespace", operator_ns, "--create-namespace"])
+            .args(["--set", "replicaCount=0"])
+            .args(["--set", &format!("watchNamespace={bridge_ns}")])
+            .args(["--set", &format!("bridgeImage.repository={repo}")])
+            .args(["--set", &format!("bridgeImage.tag={tag}")])
+            .args(["--wait", "--timeout", "180s"]),
+        None,
+    )?;
+    Ok(())
+}
+
+/// The chart's ServiceAccount name for `release`.
+pub fn service_account(release: &str) -> String {
+    format!("{release}-mqtt-kafka-operator")
+}
+
+/// Writes a kubeconfig that authenticates with a token of the chart's
+/// ServiceAccount only (so the operator has exactly the chart's RBAC).
+pub fn token_kubeconfig(
+    s: &Servers,
+    release: &str,
+    operator_ns: &str,
+    duration: &str,
+    path: &Path,
+) -> Result<()> {
+    let token = run(
+        s.kubectl().args([
+            "create",
+            "token",
+            &service_account(release),
+            "-n",
+            operator_ns,
+            &format!("--duration={duration}"),
+        ]),
+        None,
+    )?;
+    let admin: serde_json::Value = serde_json::from_str(&run(
+        s.kubectl()
+            .args(["config", "view", "--raw", "--minify", "-o", "json"]),
+        None,
+    )?)
+    .context("parse kubectl config view")?;
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "testenv", "cluster": admin["clusters"][0]["cluster"].clone()}],
+        "users": [{"name": "operator", "user": {"token": token.trim()}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "testenv", "user": "operator"}}],
+        "current-context": "operator",
+    });
+    std::fs::write(path, serde_json::to_vec(&config)?)
+        .with_context(|| format!("write {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+/// The operator binary with the chart's arguments (`--namespace` = the
+/// watched namespace), its metrics on `http`, logging to `log`. In its own
+/// process group, so a Ctrl-C in the terminal that started the demo does
+/// not stop it.
+pub fn start_operator(
+    binary: &Path,
+    kubeconfig: &Path,
+    bridge_ns: &str,
+    bridge_image: &str,
+    http: std::net::SocketAddr,
+    log: &Path,
+) -> Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let file = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let mut cmd = Command::new(binary);
+    cmd.args([
+        &format!("--bridge-image={bridge_image}"),
+        &format!("--http-address={http}"),
+        "--log-format=text",
+        &format!("--namespace={bridge_ns}"),
+    ])
+    .env("KUBECONFIG", kubeconfig)
+    .env("RUST_LOG", "info")
+    .stdin(Stdio::null())
+    .stdout(file.try_clone()?)
+    .stderr(file)
+    .process_group(0);
+    cmd.spawn()
+        .with_context(|| format!("start {}", binary.display()))
+}
+
+/// The Secrets the bridge references: the Kafka SCRAM password and the MQTT
+/// password (values through stdin, never on a command line).
+pub fn create_secrets(s: &Servers, ns: &str) -> Result<()> {
+    let manifest = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": KAFKA_SECRET, "namespace": ns},
+             "stringData": {"password": s.kafka_scram_password}},
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": MQTT_SECRET, "namespace": ns},
+             "stringData": {"password": s.mqtt_password}},
+        ]
+    });
+    run(
+        s.kubectl().args(["apply", "-f", "-"]),
+        Some(&manifest.to_string()),
+    )?;
+    Ok(())
+}
+
+/// Where the sample bridge's data goes.
+#[derive(Clone, Debug)]
+pub struct BridgeNames {
+    pub name: String,
+    /// Prefix of every MQTT topic (`""` or ending with `/`), so concurrent
+    /// runs on one broker never see each other's sensors.
+    pub mqtt_root: String,
+    /// The Kafka topic (`sensor_data` in the example).
+    pub kafka_topic: String,
+    /// Client id prefix, shared-subscription group and consumer group.
+    pub client_prefix: String,
+}
+
+/// `deploy/examples/sensor-fleet.yaml`, pointed at the test servers: the
+/// password listener of Mosquitto and the SASL listener of Kafka (SCRAM),
+/// with passwords from [`create_secrets`]; names from `n`. The consumer
+/// starts at the earliest offset: its group is new and the topic fresh, so
+/// this is "everything", where `latest` would skip what arrives before the
+/// group's first assignment.
+pub fn sensor_fleet_bridge(s: &Servers, n: &BridgeNames) -> Result<String> {
+    let path = crate::workspace().join("deploy/examples/sensor-fleet.yaml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let mut v: serde_yaml::Value = serde_yaml::from_str(&text).context("parse the example")?;
+    let set = |v: &mut serde_yaml::Value, path: &[&str], value: serde_yaml::Value| {
+        let mut cur = v;
+        for p in path {
+            cur = &mut cur[*p];
+        }
+        *cur = value;
+    };
+    let yaml = |s: &str| -> Result<serde_yaml::Value> { Ok(serde_yaml::from_str(s)?) };
+    set(&mut v, &["metadata", "name"], n.name.as_str().into());
+    set(
+        &mut v,
+        &["spec", "mqtt", "url"],
+        s.mqtt_auth_url.as_str().into(),
+    );
+    set(
+        &mut v,
+        &["spec", "mqtt", "clientIdPrefix"],
+        n.client_prefix.as_str().into(),
+    );
+    set(
+        &mut v,
+        &["spec", "mqtt", "sharedSubscriptionGroup"],
+        n.client_prefix.as_str().into(),
+    );
+    set(
+        &mut v,
+        &["spec", "mqtt", "authentication"],
+        yaml(&format!(
+            "{{type: password, username: '{}', passwordSecret: {{secretName: {MQTT_SECRET}, key: password}}}}",
+            s.mqtt_user
+        ))?,
+    );
+    set(
+        &mut v,
+        &["spec", "kafka", "bootstrapServers"],
+        s.kafka_sasl_bootstrap.as_str().into(),
+    );
+    set(
+        &mut v,
+        &["spec", "kafka", "authentication"],
+        yaml(&format!(
+            "{{type: scram-sha-512, username: '{}', passwordSecret: {{secretName: {KAFKA_SECRET}, key: password}}}}",
+            s.kafka_scram_user
+        ))?,
+    );
+    set(
+        &mut v,
+        &["spec", "kafka", "consumer", "groupId"],
+        n.client_prefix.as_str().into(),
+    );
+    set(
+        &mut v,
+        &["spec", "kafka", "consumer", "autoOffsetReset"],
+        "earliest".into(),
+    );
+    let routes = v["spec"]["routes"]
+        .as_sequence_mut()
+        .context("example without routes")?;
+    for r in routes.iter_mut() {
+        if let Some(m) = r.get_mut("mqttToKafka") {
+            let filter = m["mqttTopicFilter"].as_str().unwrap_or_default().to_owned();
+            m["mqttTopicFilter"] = format!("{}{filter}", n.mqtt_root).into();
+            m["kafkaTopic"] = n.kafka_topic.as_str().into();
+        }
+        if let Some(k) = r.get_mut("kafkaToMqtt") {
+            let topic = k["mqttTopic"].as_str().unwrap_or_default().to_owned();
+            k["mqttTopic"] = format!("{}{topic}", n.mqtt_root).into();
+            k["kafkaTopics"] = serde_yaml::Value::Sequence(vec![n.kafka_topic.as_str().into()]);
+        }
+    }
+    Ok(serde_yaml::to_string(&v)?)
+}
+
+/// A process stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Guard(pub Option<Child>);
+
+impl Guard {
+    pub fn id(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            crate::terminate(c.id());
+            for _ in 0..50 {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
