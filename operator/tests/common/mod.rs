@@ -124,6 +124,16 @@ impl Operator {
     }
 }
 
+impl Operator {
+    /// Waits up to `limit` for it to end by itself, and returns how it ended.
+    pub async fn join(mut self, limit: Duration) -> operator::Result<()> {
+        tokio::time::timeout(limit, &mut self.task)
+            .await
+            .unwrap_or_else(|_| panic!("operator still running after {limit:?}"))
+            .expect("operator task")
+    }
+}
+
 impl Drop for Operator {
     fn drop(&mut self) {
         self.task.abort();
