@@ -121,7 +121,7 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over() {
     );
     assert_eq!(readyz(leader.http).await, 200);
     assert_eq!(readyz(standby.http).await, 503, "a standby is not ready");
-    assert_eq!(reporters(&client, &ns).await, [leader.identity.clone()]);
+    assert_eq!(reporters(&client, &ns).await, vec![leader.identity.clone()]);
 
     // The leader stops: the standby takes over within the lease duration
     // (the lease is released, so it need not wait for it to expire).
