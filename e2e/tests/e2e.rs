@@ -7,8 +7,11 @@
 //! rolls the pods; deleting the CR deletes everything it created.
 //!
 //! Everything has unique names (namespaces, topics, MQTT topic root, client
-//! ids, groups): other tests share the servers. `E2E_RUNTIME=podman` runs
-//! the bridge image with podman instead of the binary as a local process.
+//! ids, groups): other tests share the servers. The bridge pods run as
+//! containers of the bridge image (built from the test binaries with
+//! `cargo xtask images`, private podman storage; podman refuses a run root
+//! longer than 50 characters, hence /tmp/mkb-<pid>); `E2E_RUNTIME=process`
+//! runs the binary as a local process instead.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,10 +39,16 @@ struct Cleanup {
     servers: Servers,
     namespaces: Vec<String>,
     dir: PathBuf,
+    podman: Option<Podman>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        if let Some(pm) = &self.podman {
+            // vfs layers are full copies: drop the private store.
+            let _ = e2e::output(pm.command().args(["rm", "--all", "--force"]), None);
+            let _ = std::fs::remove_dir_all(&pm.storage);
+        }
         for ns in &self.namespaces {
             let _ = e2e::output(
                 self.servers
@@ -225,20 +234,24 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
     let dir = std::env::temp_dir().join(&id);
     std::fs::create_dir_all(&dir).unwrap();
     let (op_ns, ns) = (format!("{id}-op"), format!("{id}-br"));
-    let _cleanup = Cleanup {
+    let mut cleanup = Cleanup {
         servers: s.clone(),
         namespaces: vec![ns.clone(), op_ns.clone()],
         dir: dir.clone(),
+        podman: None,
     };
     let client = s.kube_client().await.unwrap();
 
     // 1. The chart: CRD (already installed, shared), RBAC for the watched
     //    namespace, ServiceAccount; the operator under that account's token.
-    let podman = std::env::var("E2E_RUNTIME").is_ok_and(|v| v == "podman");
+    // The bridge image with podman by default; E2E_RUNTIME=process runs the
+    // binary as a local process instead (no podman needed).
+    let podman = std::env::var("E2E_RUNTIME").map_or(true, |v| v != "process");
     let image = "localhost/mqtt-kafka-bridge:e2e";
     let runtime = if podman {
         let pm =
             Podman::new(&std::env::temp_dir().join(format!("mkb-{}", std::process::id()))).unwrap();
+        cleanup.podman = Some(pm.clone());
         step(t0, "building the bridge image (podman runtime)");
         run(
             std::process::Command::new(testenv::var("TESTENV_CTL"))
