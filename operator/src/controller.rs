@@ -10,10 +10,12 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{self, reflector};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -235,23 +237,21 @@ pub async fn run_controller(
     let managed = watcher::Config::default().labels(&format!(
         "app.kubernetes.io/managed-by={MANAGER},{BRIDGE_LABEL}"
     ));
-    let controller = Controller::new(api(&client), watcher::Config::default());
-    let store = controller.store();
-    let ready_store = store.clone();
-    tokio::spawn(async move {
-        // kube's readiness signal keeps only the last poller's waker, and the
-        // controller polls it too: a single await here is never woken. Poll
-        // again until the value is memoized instead.
-        loop {
-            match tokio::time::timeout(Duration::from_millis(500), ready_store.wait_until_ready())
-                .await
+    // The controller's reflector is built here so that readiness comes from
+    // its InitDone: kube's `Store::wait_until_ready` keeps only the last
+    // poller's waker, and the controller polls it too.
+    let (store, writer) = reflector::store();
+    let mut ready = Some(ready);
+    let bridges = reflector(writer, watcher(api(&client), watcher::Config::default()))
+        .inspect(move |event| {
+            if let Ok(watcher::Event::InitDone) = event
+                && let Some(ready) = ready.take()
             {
-                Ok(Ok(())) => break ready(),
-                Ok(Err(_)) => break,
-                Err(_) => {}
+                ready();
             }
-        }
-    });
+        })
+        .applied_objects();
+    let controller = Controller::for_stream(bridges, store.clone());
     controller
         .owns(scoped::<Deployment>(&client, namespace), managed.clone())
         .owns(scoped::<ConfigMap>(&client, namespace), managed)
