@@ -198,6 +198,11 @@ impl Publisher {
                 persistent: false,
                 manual_acks: false,
                 capacity: self.config.config.max_in_flight_publishes as usize + 100,
+                outgoing_inflight: if self.config.routes.kafka_to_mqtt.iter().any(|r| r.qos == 2) {
+                    mqtt_side::QOS2_OUTGOING_INFLIGHT_V311
+                } else {
+                    mqtt_side::DEFAULT_OUTGOING_INFLIGHT
+                },
             },
         );
         let (client, mut eventloop) = match built {
@@ -266,7 +271,10 @@ struct State {
     index: HashMap<PartitionKey, usize>,
     /// Publishes handed to rumqttc, in order, waiting for their packet id.
     sent_order: VecDeque<Token>,
-    by_pkid: HashMap<u16, Token>,
+    /// Per packet id, oldest first: rumqttc hands a QoS 2 packet id out
+    /// again once PUBREC arrived, before its PUBCOMP, so one id can name two
+    /// publishes at once. The broker completes them in order.
+    by_pkid: HashMap<u16, VecDeque<Token>>,
     in_flight: usize,
 }
 
@@ -388,12 +396,19 @@ impl State {
         if token.qos == 0 {
             self.complete(&token);
         } else {
-            self.by_pkid.insert(pkid, token);
+            self.by_pkid.entry(pkid).or_default().push_back(token);
         }
     }
 
     fn on_acked(&mut self, pkid: u16) {
-        if let Some(token) = self.by_pkid.remove(&pkid) {
+        let Some(waiting) = self.by_pkid.get_mut(&pkid) else {
+            return;
+        };
+        let token = waiting.pop_front();
+        if waiting.is_empty() {
+            self.by_pkid.remove(&pkid);
+        }
+        if let Some(token) = token {
             self.complete(&token);
         }
     }
@@ -495,5 +510,51 @@ async fn send_dead_letter(producer: &BridgeProducer, mut record: Box<PendingReco
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with(records: usize) -> State {
+        let mut state = State {
+            partitions: Vec::new(),
+            index: HashMap::new(),
+            sent_order: VecDeque::new(),
+            by_pkid: HashMap::new(),
+            in_flight: 0,
+        };
+        let pi = state.partition("t", 0);
+        for offset in 0..records {
+            let seq = state.partitions[pi].tracker.push(offset as i64, 1);
+            state.sent_order.push_back(Token {
+                partition: pi,
+                seq,
+                qos: 2,
+                generation: 1,
+            });
+            state.in_flight += 1;
+        }
+        state
+    }
+
+    #[test]
+    fn a_packet_id_reused_before_pubcomp_completes_each_publish_once() {
+        let mut state = state_with(2);
+        // Offset 0 goes out as packet 7; after its PUBREC rumqttc reuses 7 for offset 1.
+        state.on_sent(7);
+        state.on_sent(7);
+        // PUBCOMP of offset 0: only offset 0 is done.
+        state.on_acked(7);
+        assert_eq!(state.partitions[0].tracker.release(), vec![0]);
+        assert_eq!(state.in_flight, 1);
+        state.on_acked(7);
+        assert_eq!(state.partitions[0].tracker.release(), vec![1]);
+        assert_eq!(state.in_flight, 0);
+        assert!(state.by_pkid.is_empty());
+        // A stray acknowledgement changes nothing.
+        state.on_acked(7);
+        assert_eq!(state.in_flight, 0);
     }
 }

@@ -88,7 +88,19 @@ pub struct ConnectionKind {
     pub manual_acks: bool,
     /// Request channel capacity.
     pub capacity: usize,
+    /// MQTT 3.1.1: most unacknowledged QoS 1/2 publishes we send at once
+    /// (MQTT 5 takes the broker's Receive Maximum instead).
+    pub outgoing_inflight: u16,
 }
+
+/// rumqttc's usual outgoing window.
+pub const DEFAULT_OUTGOING_INFLIGHT: u16 = 100;
+
+/// Mosquitto's default `max_inflight_messages`. Over MQTT 3.1.1 a client
+/// cannot learn the broker's limit, and Mosquitto answers a QoS 2 publish
+/// beyond it with an ordinary PUBREC and drops it; QoS 2 publishers stay
+/// within this window.
+pub const QOS2_OUTGOING_INFLIGHT_V311: u16 = 20;
 
 /// Creates a client and event loop (no connection is made until polled).
 pub fn connect(
@@ -117,7 +129,7 @@ pub fn connect(
                 .set_clean_session(!kind.persistent)
                 .set_manual_acks(kind.manual_acks)
                 .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
-                .set_inflight(100);
+                .set_inflight(kind.outgoing_inflight);
             if let Some((u, p)) = credentials {
                 o.set_credentials(u, p);
             }

@@ -60,6 +60,7 @@ pub async fn run(
             persistent: true,
             manual_acks: true,
             capacity: usize::from(config.config.mqtt_receive_maximum).max(100) * 2 + 100,
+            outgoing_inflight: mqtt_side::DEFAULT_OUTGOING_INFLIGHT,
         },
     ) {
         Ok(c) => c,
