@@ -24,18 +24,28 @@ fn config(p: &str, protocol: &str, connections: u16) -> String {
 
 /// Publishes `count` numbered QoS 1 messages over `keys` topics, `{p}/k<i % keys>`.
 async fn publish_numbered(p: String, count: u32, keys: u32, per_second: Option<u32>) {
+    publish_numbered_qos(p, count, keys, per_second, rumqttc::QoS::AtLeastOnce).await;
+}
+
+async fn publish_numbered_qos(
+    p: String,
+    count: u32,
+    keys: u32,
+    per_second: Option<u32>,
+    qos: rumqttc::QoS,
+) {
     // Persistent, so a broker restart does not make the publisher drop what it
     // had in flight: every number is then accepted by the broker at least once.
-    let (client, _) = common::mqtt_client_with_session("seqpub", true).await;
+    let inflight = if qos == rumqttc::QoS::ExactlyOnce {
+        20
+    } else {
+        1000
+    };
+    let (client, _) = common::mqtt_client_with_inflight("seqpub", true, inflight).await;
     let start = Instant::now();
     for i in 0..count {
         client
-            .publish(
-                format!("{p}/k{}", i % keys),
-                rumqttc::QoS::AtLeastOnce,
-                false,
-                i.to_string(),
-            )
+            .publish(format!("{p}/k{}", i % keys), qos, false, i.to_string())
             .await
             .unwrap();
         if let Some(rate) = per_second
@@ -186,4 +196,81 @@ async fn per_key_order_and_throughput() {
     // The full benchmark is its own issue; this floor only catches a
     // one-at-a-time regression on a busy 2-core CI machine.
     assert!(rate > 2_000.0, "{rate:.0} msg/s");
+}
+
+/// Reads `p` until every number of `0..count` arrived, then checks them.
+async fn read_all(p: &str, count: u32) -> (usize, usize) {
+    let records = tokio::task::spawn_blocking({
+        let p = p.to_owned();
+        move || {
+            read_topic_until(&p, Duration::from_secs(90), |r| {
+                r.len() >= count as usize && distinct(r) >= count as usize
+            })
+        }
+    })
+    .await
+    .unwrap();
+    verify(&records, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_2_mqtt_to_kafka() {
+    testenv::install_crypto_provider();
+    const COUNT: u32 = 5_000;
+    let p = testenv::unique_name("m2kqos2");
+    create_topics(&[&p], 3).await;
+    let config = config(&p, "3.1.1", 1).replace(
+        "      headers: false\n",
+        "      headers: false\n      qos: 2\n",
+    );
+    let mut bridge = Bridge::start(&p, &config);
+    bridge.wait_ready(Duration::from_secs(30));
+    let start = Instant::now();
+    publish_numbered_qos(p.clone(), COUNT, 10, None, rumqttc::QoS::ExactlyOnce).await;
+    let (duplicates, order_violations) = read_all(&p, COUNT).await;
+    println!(
+        "MQTT->Kafka QoS 2: {COUNT} numbers in {:?}, {duplicates} duplicates",
+        start.elapsed()
+    );
+    assert_eq!(order_violations, 0);
+    // Acknowledged (PUBREC) only after Kafka had each record: a clean exit.
+    bridge.sigterm();
+    let status = bridge.wait_exit(Duration::from_secs(30)).expect("exit");
+    assert!(status.success(), "{status}: {}", bridge.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscription_over_three_connections_mqtt_311() {
+    testenv::install_crypto_provider();
+    const COUNT: u32 = 20_000;
+    let p = testenv::unique_name("shared");
+    create_topics(&[&p], 3).await;
+    let mut bridge = Bridge::start(&p, &config(&p, "3.1.1", 3));
+    bridge.wait_ready(Duration::from_secs(30));
+    let up = bridge.metric("bridge_connection_up{");
+    assert_eq!(up, 3.0, "three MQTT connections up");
+    publish_numbered(p.clone(), COUNT, 10, None).await;
+    // The group splits messages between the connections, so per-key order
+    // across connections is not promised: only that every number arrives.
+    let records = tokio::task::spawn_blocking({
+        let p = p.clone();
+        move || {
+            read_topic_until(&p, Duration::from_secs(90), |r| {
+                r.len() >= COUNT as usize && distinct(r) >= COUNT as usize
+            })
+        }
+    })
+    .await
+    .unwrap();
+    let mut seen = vec![false; COUNT as usize];
+    for r in &records {
+        let n: usize = String::from_utf8_lossy(&r.payload).parse().unwrap();
+        seen[n] = true;
+    }
+    let missing = seen.iter().filter(|s| !**s).count();
+    assert_eq!(missing, 0, "numbers missing: {}", bridge.log());
+    println!(
+        "shared subscription, 3 connections: {COUNT} numbers, {} duplicates",
+        records.len() - COUNT as usize
+    );
 }

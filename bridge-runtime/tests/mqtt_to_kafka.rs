@@ -248,6 +248,21 @@ async fn kafka_sasl_scram_sha_512() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sasl_scram_sha_256() {
+    carries_with("scram256", |p| {
+        mqtt_plain(p)
+            + &kafka_sasl(
+                "scram-sha-256",
+                "KAFKA_SCRAM_USER",
+                "KAFKA_SCRAM_PASSWORD",
+                "KAFKA_SASL_BOOTSTRAP",
+                false,
+            )
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_sasl_ssl_and_mqtt_tls_with_client_certificate() {
     carries_with("ssl", |p| {
         format!(

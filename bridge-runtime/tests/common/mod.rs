@@ -307,12 +307,26 @@ pub async fn mqtt_client_with_session(
     rumqttc::AsyncClient,
     tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
 ) {
+    mqtt_client_with_inflight(name, persistent, 1000).await
+}
+
+/// As [`mqtt_client_with_session`] with at most `inflight` unacknowledged
+/// publishes. A QoS 2 publisher needs 20 or fewer: Mosquitto silently drops
+/// (yet PUBRECs) QoS 2 publishes beyond its `max_inflight_messages`.
+pub async fn mqtt_client_with_inflight(
+    name: &str,
+    persistent: bool,
+    inflight: u16,
+) -> (
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+) {
     let (host, port) = mqtt_host_port(&testenv::var("MQTT_URL"));
     let mut o = rumqttc::MqttOptions::new(testenv::unique_name(name), host, port);
     o.set_clean_session(!persistent);
     o.set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1 << 20, 1 << 20)
-        .set_inflight(1000);
+        .set_inflight(inflight);
     let (client, mut el) = rumqttc::AsyncClient::new(o, 10_000);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (conn_tx, conn_rx) = tokio::sync::oneshot::channel();
