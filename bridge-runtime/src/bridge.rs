@@ -22,7 +22,7 @@ pub fn main(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            write_termination_message(None, &e);
+            write_termination_message(termination_path_of_invalid(path).as_deref(), &e);
             return ExitCode::from(2);
         }
     };
@@ -54,6 +54,17 @@ pub fn main(path: &Path) -> ExitCode {
             }
         }
     }
+}
+
+/// The termination-message path of a configuration that failed validation,
+/// read leniently so a pod with a bad configuration still tells Kubernetes why.
+fn termination_path_of_invalid(path: &Path) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+    value
+        .get("terminationMessagePath")?
+        .as_str()
+        .map(std::path::PathBuf::from)
 }
 
 fn write_termination_message(path: Option<&Path>, error: &BridgeError) {

@@ -103,3 +103,23 @@ fn each_bad_configuration_names_its_field() {
         }
     }
 }
+
+/// `run` with an invalid configuration exits 2 before connecting and still
+/// writes the reason to the termination-message file the configuration names,
+/// so `kubectl describe pod` shows why the bridge cannot start.
+#[test]
+fn run_with_an_invalid_configuration_writes_the_termination_message() {
+    let dir = common::temp_dir("config-errors-termination");
+    let termination = dir.join("termination-log");
+    let _ = std::fs::remove_file(&termination);
+    let config = format!(
+        "terminationMessagePath: {}\n{}",
+        termination.display(),
+        GOOD.replace("sensors.{1}", "sensors.{3}")
+    );
+    let (code, _, err) = run(&["run"], &config);
+    assert_eq!(code, 2, "{err}");
+    let message = std::fs::read_to_string(&termination).expect("termination message written");
+    assert!(message.contains("{3}"), "{message}");
+    assert_eq!(message.lines().count(), 1, "one line: {message}");
+}
