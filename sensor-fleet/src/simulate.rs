@@ -337,6 +337,7 @@ async fn connection(
         })
     };
     let q = qos_v311(qos);
+    let give_up = start + schedule.due(schedule.total) + drain;
     let mut m = 0u64;
     while m < schedule.total && !counters.stop.load(Ordering::Relaxed) {
         let elapsed = start.elapsed();
@@ -353,12 +354,14 @@ async fn connection(
                 payload::now_micros(),
                 seq,
             );
-            if client
-                .publish(topics[j].as_str(), q, false, body)
-                .await
-                .is_err()
-            {
-                // The event loop is gone: nothing more can be sent.
+            // Bounded: with the broker unreachable the request channel stays
+            // full; give up at the end of the run plus the drain period.
+            let sent = tokio::time::timeout_at(
+                give_up.into(),
+                client.publish(topics[j].as_str(), q, false, body),
+            )
+            .await;
+            if !matches!(sent, Ok(Ok(()))) {
                 counters.stop.store(true, Ordering::Relaxed);
                 break;
             }

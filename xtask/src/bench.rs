@@ -29,7 +29,7 @@ pub fn run(args: &[String]) -> Result<()> {
         .collect();
     if !down.is_empty() {
         bail!(
-            "test environment servers not running: {} (`cargo xtask testenv status`; start them              with `cargo xtask testenv up` once nobody's fault test needs them stopped)",
+            "test environment servers not running: {} (`cargo xtask testenv status`; start them with `cargo xtask testenv up` once nobody's fault test needs them stopped)",
             down.join(", ")
         );
     }

@@ -57,7 +57,7 @@ pub async fn reference(args: &Args, env: &Env, qos: u8) -> Result<()> {
     let topic = format!("sensor_data-{id}");
     let kafka = KafkaEndpoint::plain(&env.kafka);
     conn::create_topic(&kafka, &topic, 10).await?;
-    let (mut bridge, _) = procs::start_bridge(
+    let (mut bridge, http) = procs::start_bridge(
         &args.bridge_bin,
         &args.out.join(name),
         &m2k_config(
@@ -98,6 +98,12 @@ pub async fn reference(args: &Args, env: &Env, qos: u8) -> Result<()> {
         cpu_cores: procs::cores(cpu0, cpu1),
         memory: procs::memory(bridge.pid()),
     };
+    // The bridge's own view splits the latency: Kafka delivery vs the whole forward.
+    let metrics = procs::http_get(&http, "/metrics")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let kafka_ms = metric_mean_ms(&metrics, "bridge_kafka_delivery_latency");
+    let forward_ms = metric_mean_ms(&metrics, "bridge_forward_latency");
     bridge.stop(Duration::from_secs(10));
     let r = tracker.report(Some(&summary.expected));
     let met = r.missing == 0
@@ -144,6 +150,10 @@ pub async fn reference(args: &Args, env: &Env, qos: u8) -> Result<()> {
                     r.latency_ms.p50, r.latency_ms.p99, r.latency_ms.max
                 ),
             ),
+            (
+                "bridge mean forward / Kafka delivery".into(),
+                format!("{forward_ms:.1} / {kafka_ms:.1} ms (bridge /metrics)"),
+            ),
             ("bridge CPU".into(), format!("{:.3} cores", usage.cpu_cores)),
             (
                 "bridge peak RSS".into(),
@@ -161,8 +171,30 @@ pub async fn reference(args: &Args, env: &Env, qos: u8) -> Result<()> {
         &json!({
             "scenario": name, "qos": qos, "machine": machine, "bridge_connections": args.bridge_connections,
             "simulator": summary, "report": r, "bridge": usage, "targets_met": met,
+        "bridge_mean_forward_latency_ms": forward_ms, "bridge_mean_kafka_delivery_latency_ms": kafka_ms,
         }),
     )
+}
+
+/// Mean of a Prometheus histogram (`<name>…_sum` / `<name>…_count`, all label sets) in ms.
+fn metric_mean_ms(body: &str, name: &str) -> f64 {
+    let total = |suffix: &str| -> f64 {
+        body.lines()
+            .filter(|l| !l.starts_with('#') && l.starts_with(name))
+            .filter(|l| {
+                l.split(['{', ' '])
+                    .next()
+                    .is_some_and(|n| n.ends_with(suffix))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let count = total("_count");
+    if count > 0.0 {
+        total("_sum") / count * 1000.0
+    } else {
+        0.0
+    }
 }
 
 #[derive(Debug, Serialize)]

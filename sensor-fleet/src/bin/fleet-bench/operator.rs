@@ -118,8 +118,10 @@ async fn scale_in(
             .env("RUST_LOG", "warn"),
         &dir.join("operator.log"),
     )?;
+    // /healthz, not /readyz: in this run /readyz stayed 503 ("caches not synced")
+    // for over a minute on a loaded machine; the clock starts at creation anyway.
     op.wait_until(Duration::from_secs(60), || {
-        matches!(procs::http_get(&http, "/readyz"), Some((200, _)))
+        matches!(procs::http_get(&http, "/healthz"), Some((200, _)))
     })?;
     let machine = machine();
     let mkbs: Api<MqttKafkaBridge> = Api::namespaced(client.clone(), ns);
@@ -160,7 +162,8 @@ async fn scale_in(
             );
             last = (d, r);
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Once a second: listing 500 bridges loads the same apiserver being measured.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let cpu1 = procs::cpu_sample(op.pid())?;
     let cores = procs::cores(cpu0, cpu1);
