@@ -182,10 +182,7 @@ static SPAWNED: Mutex<Option<HashMap<u32, Child>>> = Mutex::new(None);
 fn exit_status_of_own_child(pid: u32) -> Option<Option<ExitStatus>> {
     let mut guard = SPAWNED.lock().ok()?;
     let child = guard.as_mut()?.get_mut(&pid)?;
-    match child.try_wait() {
-        Ok(status) => Some(status),
-        Err(_) => None,
-    }
+    child.try_wait().ok()
 }
 
 fn signal_group(pid: u32, signal: i32) {
