@@ -245,6 +245,17 @@ pub fn consumer(
                 crds::AutoOffsetReset::Latest => "latest",
             },
         );
+    // librdkafka prefetches up to 64 MiB per consumer by default, too much for
+    // a small pod; 8 MiB still keeps many thousands of sensor readings ahead.
+    // `kafka.properties` can raise it.
+    if !config
+        .config
+        .kafka
+        .properties
+        .contains_key("queued.max.messages.kbytes")
+    {
+        c.set("queued.max.messages.kbytes", "8192");
+    }
     c.create_with_context(context)
         .map_err(|e| BridgeError::Kafka(format!("creating the consumer: {e}")))
 }
