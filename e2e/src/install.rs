@@ -61,9 +61,28 @@ pub fn helm_install(
     Ok(())
 }
 
-/// The chart's ServiceAccount name for `release`.
-pub fn service_account(release: &str) -> String {
-    format!("{release}-mqtt-kafka-operator")
+/// The chart's ServiceAccount of `release` (its name depends on the release
+/// name, as Helm's usual `fullname` does), found by the release's label.
+pub fn service_account(s: &Servers, release: &str, operator_ns: &str) -> Result<String> {
+    let out = run(
+        s.kubectl().args([
+            "get",
+            "serviceaccounts",
+            "-n",
+            operator_ns,
+            "-l",
+            &format!("app.kubernetes.io/instance={release}"),
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]),
+        None,
+    )?;
+    match out.split_whitespace().collect::<Vec<_>>()[..] {
+        [one] => Ok(one.to_owned()),
+        ref other => anyhow::bail!(
+            "expected one ServiceAccount of release {release} in {operator_ns}, found {other:?}"
+        ),
+    }
 }
 
 /// Writes a kubeconfig that authenticates with a token of the chart's
@@ -79,7 +98,7 @@ pub fn token_kubeconfig(
         s.kubectl().args([
             "create",
             "token",
-            &service_account(release),
+            &service_account(s, release, operator_ns)?,
             "-n",
             operator_ns,
             &format!("--duration={duration}"),

@@ -7,8 +7,10 @@
 //! - `cargo xtask bench [scenario]`: the benchmarks (`fleet-bench` in
 //!   `sensor-fleet`) against the test environment; results in `target/bench/`.
 //! - `cargo xtask images`: the operator and bridge-runtime container images (buildah).
+//! - `cargo xtask demo [down|watch]`: the quickstart (`mkb-demo` in `e2e`).
 
 mod bench;
+mod demo;
 mod images;
 mod paths;
 mod prereq;
@@ -50,6 +52,13 @@ enum Command {
     },
     /// Build the operator and bridge-runtime images with buildah, tagged with the crate version.
     Images(images::Options),
+    /// Quickstart: test environment, operator via Helm, the sample bridge and a
+    /// sensor fleet running, the flow shown live; `demo watch` shows it again,
+    /// `demo down` stops it. Options go to `mkb-demo up` (`-- --help`).
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -59,6 +68,7 @@ fn main() {
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Bench { args } => bench::run(&args),
         Command::Images(opts) => images::run(&opts),
+        Command::Demo { args } => demo::run(&args),
     };
     if let Err(e) = result {
         // One line, no backtrace: what failed and, in the message, how to fix it.
