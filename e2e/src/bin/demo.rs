@@ -432,7 +432,7 @@ async fn watch(state: &Path, seconds: u64) -> Result<()> {
                     })
                     .collect();
                 println!(
-                    "sensors → MQTT {:>6.0}/s | MQTT → Kafka {:>6.0}/s ({} records) | Kafka → MQTT {:>6.0}/s | {}",
+                    "sensors → MQTT {:>6.0}/s | into Kafka {:>6.0}/s ({} records) | Kafka → MQTT {:>6.0}/s | {}",
                     rate("published"),
                     rate("kafka_records"),
                     now["kafka_records"]
