@@ -41,7 +41,10 @@ pub fn run(args: &[String]) -> Result<()> {
         "test environment: Kubernetes control plane + kwok node, Kafka, Mosquitto \
          (the first time builds Kubernetes from source: 10-20 minutes on 2 cores)",
     );
-    let state = environment(&dir)?;
+    let state = {
+        let _tick = Ticker::start("test environment");
+        environment(&dir)?
+    };
     eprintln!(
         "xtask demo: test environment ready after {:.0}s",
         started.elapsed().as_secs_f64()
@@ -80,6 +83,39 @@ pub fn run(args: &[String]) -> Result<()> {
         &dir,
         &state,
     )
+}
+
+/// Prints how long a silent step (a Go or cargo build) has been running,
+/// every 30 s, until dropped.
+struct Ticker(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Ticker {
+    fn start(what: &'static str) -> Self {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut next = Duration::from_secs(30);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if start.elapsed() >= next {
+                    eprintln!(
+                        "xtask demo: … {what}: still working ({:.0} min {:02.0} s)",
+                        (start.elapsed().as_secs() / 60) as f64,
+                        (start.elapsed().as_secs() % 60) as f64
+                    );
+                    next += Duration::from_secs(30);
+                }
+            }
+        });
+        Self(done)
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn step(n: u32, what: &str) {
