@@ -84,7 +84,7 @@ pub fn describe_mqtt_message(config: &ValidatedConfig, topic: &str, payload: &[u
         user_properties: &[],
         content_type: None,
     };
-    let plans = config.routes.plan_mqtt(&msg);
+    let plans = config.routes.plan_mqtt(&msg, false);
     let mut out = String::new();
     if plans.is_empty() {
         let _ = writeln!(out, "MQTT {topic}: no route matches");
@@ -126,7 +126,7 @@ pub fn describe_kafka_record(
     key: Option<&[u8]>,
     payload: &[u8],
 ) -> String {
-    let plans = config.routes.plan_kafka(topic, key, payload);
+    let plans = config.routes.plan_kafka(topic, key, payload, false);
     let mut out = String::new();
     if plans.is_empty() {
         let _ = writeln!(out, "Kafka {topic}: no route consumes it");

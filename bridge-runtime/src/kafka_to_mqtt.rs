@@ -321,14 +321,9 @@ impl State {
         }
         part.highest = part.highest.max(offset);
         let m = &observability.metrics;
-        let plans = if own {
-            m.dropped
-                .get_or_create(&metrics::route_reason("", "own_message"))
-                .inc();
-            Vec::new()
-        } else {
-            config.routes.plan_kafka(topic, key.as_deref(), &payload)
-        };
+        let plans = config
+            .routes
+            .plan_kafka(topic, key.as_deref(), &payload, own);
         let pending = plans
             .iter()
             .filter(|(_, d)| !matches!(d, Disposition::Drop { .. }))

@@ -261,18 +261,10 @@ impl Pipeline {
             user_properties: &p.user_properties,
             content_type: p.content_type.as_deref(),
         };
-        let plans = if is_own {
-            Vec::new()
-        } else {
-            config.routes.plan_mqtt(&msg)
-        };
+        let plans = config.routes.plan_mqtt(&msg, is_own);
         let observability = self.observability.clone();
         let m = &observability.metrics;
-        if is_own {
-            m.dropped
-                .get_or_create(&metrics::route_reason("", "own_message"))
-                .inc();
-        } else if plans.is_empty() {
+        if plans.is_empty() {
             m.dropped
                 .get_or_create(&metrics::route_reason("", "no_route"))
                 .inc();

@@ -279,7 +279,16 @@ impl RouteTable {
 
     /// Decides, for every MQTT→Kafka route whose filter matches, what
     /// becomes of the message. Index is into [`RouteTable::mqtt_to_kafka`].
-    pub fn plan_mqtt(&self, msg: &MqttMessage<'_>) -> Vec<(usize, Disposition<RecordPlan>)> {
+    ///
+    /// `own` marks a message this bridge published itself: it is dropped
+    /// (reason `own_message`) where its Kafka topic would feed this bridge's
+    /// Kafka→MQTT routes and so come straight back round; elsewhere it is
+    /// carried like any other.
+    pub fn plan_mqtt(
+        &self,
+        msg: &MqttMessage<'_>,
+        own: bool,
+    ) -> Vec<(usize, Disposition<RecordPlan>)> {
         let mut json: Option<Option<serde_json::Value>> = None;
         let mut out = Vec::new();
         for (i, route) in self.mqtt_to_kafka.iter().enumerate() {
@@ -317,11 +326,17 @@ impl RouteTable {
                             headers.push((k.clone(), v.as_bytes().to_vec()));
                         }
                     }
-                    Disposition::Forward(RecordPlan {
-                        topic,
-                        key,
-                        headers,
-                    })
+                    if own && self.feeds_kafka_routes(&topic) {
+                        Disposition::Drop {
+                            reason: OWN_MESSAGE,
+                        }
+                    } else {
+                        Disposition::Forward(RecordPlan {
+                            topic,
+                            key,
+                            headers,
+                        })
+                    }
                 }
                 Err(why) => dead_letter(
                     &route.name,
@@ -337,11 +352,18 @@ impl RouteTable {
 
     /// Decides where a Kafka record goes, for every Kafka→MQTT route
     /// consuming its topic. Index is into [`RouteTable::kafka_to_mqtt`].
+    ///
+    /// `own` marks a record this bridge produced itself: it is dropped
+    /// (reason `own_message`) where its MQTT topic matches one of this
+    /// bridge's MQTT→Kafka filters and so would come straight back round;
+    /// elsewhere (e.g. `sensors/+/temperature` → Kafka → `sensors/{sensor_id}`)
+    /// it is carried like any other.
     pub fn plan_kafka(
         &self,
         topic: &str,
         key: Option<&[u8]>,
         payload: &[u8],
+        own: bool,
     ) -> Vec<(usize, Disposition<PublishPlan>)> {
         let mut json: Option<Option<serde_json::Value>> = None;
         let mut out = Vec::new();
@@ -356,6 +378,9 @@ impl RouteTable {
                 None
             };
             let disposition = match route.mqtt_topic.resolve(key, parsed) {
+                Ok(mqtt_topic) if own && self.feeds_mqtt_routes(&mqtt_topic) => Disposition::Drop {
+                    reason: OWN_MESSAGE,
+                },
                 Ok(mqtt_topic) => Disposition::Forward(PublishPlan {
                     topic: mqtt_topic,
                     qos: route.qos,
@@ -370,6 +395,25 @@ impl RouteTable {
         out
     }
 }
+
+impl RouteTable {
+    /// Whether a publish to `mqtt_topic` would be picked up by an MQTT→Kafka route.
+    fn feeds_mqtt_routes(&self, mqtt_topic: &str) -> bool {
+        self.mqtt_to_kafka
+            .iter()
+            .any(|r| r.filter.captures(mqtt_topic).is_some())
+    }
+
+    /// Whether a record in `kafka_topic` would be picked up by a Kafka→MQTT route.
+    fn feeds_kafka_routes(&self, kafka_topic: &str) -> bool {
+        self.kafka_to_mqtt
+            .iter()
+            .any(|r| r.kafka_topics.iter().any(|t| t == kafka_topic))
+    }
+}
+
+/// Metric reason of a message this bridge published that would loop back.
+pub const OWN_MESSAGE: &str = "own_message";
 
 fn check_qos(qos: u8, at: &str) -> Result<(), BridgeError> {
     if qos > 2 {
@@ -448,7 +492,7 @@ mod tests {
   deadLetterTopic: dl
 "#,
         );
-        let plans = t.plan_mqtt(&msg("s/a/t", br#"{"dev":{"id":"x1"}}"#));
+        let plans = t.plan_mqtt(&msg("s/a/t", br#"{"dev":{"id":"x1"}}"#), false);
         let forwards: Vec<_> = plans
             .iter()
             .map(|(i, d)| match d {
@@ -464,7 +508,7 @@ mod tests {
                 (2, "f".into(), Some(b"x1".to_vec())),
             ]
         );
-        let plans = t.plan_mqtt(&msg("s/a/t", b"not json"));
+        let plans = t.plan_mqtt(&msg("s/a/t", b"not json"), false);
         match &plans[2].1 {
             Disposition::DeadLetter { record, reason } => {
                 assert_eq!(*reason, "payload_not_json");
@@ -478,7 +522,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(t.plan_mqtt(&msg("other", b"")).is_empty());
+        assert!(t.plan_mqtt(&msg("other", b""), false).is_empty());
     }
 
     #[test]
@@ -490,7 +534,7 @@ mod tests {
 "#,
         );
         assert_eq!(
-            t.plan_mqtt(&msg("s/a/b", b"")),
+            t.plan_mqtt(&msg("s/a/b", b""), false),
             vec![(
                 0,
                 Disposition::Drop {
@@ -512,7 +556,7 @@ mod tests {
             user_properties: &props,
             content_type: Some("text/plain"),
         };
-        let Disposition::Forward(r) = &t.plan_mqtt(&m)[0].1 else {
+        let Disposition::Forward(r) = &t.plan_mqtt(&m, false)[0].1 else {
             panic!()
         };
         let h: BTreeMap<_, _> = r.headers.iter().cloned().collect();
@@ -539,7 +583,7 @@ mod tests {
             t.consumed_topics(),
             vec!["cmd".to_owned(), "other".to_owned()]
         );
-        let plans = t.plan_kafka("cmd", Some(b"k1"), br#"{"sensor_id": 5}"#);
+        let plans = t.plan_kafka("cmd", Some(b"k1"), br#"{"sensor_id": 5}"#, false);
         assert_eq!(
             plans,
             vec![
@@ -561,7 +605,7 @@ mod tests {
                 ),
             ]
         );
-        let plans = t.plan_kafka("cmd", None, br#"{"sensor_id": 5}"#);
+        let plans = t.plan_kafka("cmd", None, br#"{"sensor_id": 5}"#, false);
         assert!(matches!(
             &plans[0].1,
             Disposition::DeadLetter {
@@ -569,7 +613,57 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(t.plan_kafka("other", None, b"x").len(), 1);
+        assert_eq!(t.plan_kafka("other", None, b"x", false).len(), 1);
+    }
+
+    /// The sensor fleet: readings into Kafka and back out on other MQTT topics.
+    /// The bridge's own records go back out; only what would come straight
+    /// back round (a real loop) is dropped, in either direction.
+    #[test]
+    fn own_messages_are_dropped_only_where_they_would_loop() {
+        let t = table(
+            r#"
+- name: in
+  mqttToKafka: {mqttTopicFilter: "sensors/+/temperature", kafkaTopic: sensor_data}
+- name: out
+  kafkaToMqtt: {kafkaTopics: [sensor_data], mqttTopic: "sensors/{sensor_id}"}
+- name: echo
+  kafkaToMqtt: {kafkaTopics: [sensor_data], mqttTopic: "sensors/{sensor_id}/temperature"}
+"#,
+        );
+        let reading = br#"{"sensor_id": "s7", "temperature": 21.5}"#;
+        let own = t.plan_kafka("sensor_data", None, reading, true);
+        assert_eq!(
+            own[0].1,
+            Disposition::Forward(PublishPlan {
+                topic: "sensors/s7".into(),
+                qos: 1,
+                retain: false
+            })
+        );
+        assert_eq!(
+            own[1].1,
+            Disposition::Drop {
+                reason: OWN_MESSAGE
+            }
+        );
+        // Records of other producers go everywhere.
+        let foreign = t.plan_kafka("sensor_data", None, reading, false);
+        assert!(
+            foreign
+                .iter()
+                .all(|(_, d)| matches!(d, Disposition::Forward(_)))
+        );
+        // An own MQTT message whose Kafka topic feeds a Kafka→MQTT route loops.
+        let plans = t.plan_mqtt(&msg("sensors/s7/temperature", reading), true);
+        assert_eq!(
+            plans[0].1,
+            Disposition::Drop {
+                reason: OWN_MESSAGE
+            }
+        );
+        let plans = t.plan_mqtt(&msg("sensors/s7/temperature", reading), false);
+        assert!(matches!(plans[0].1, Disposition::Forward(_)));
     }
 
     #[test]

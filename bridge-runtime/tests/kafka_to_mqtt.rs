@@ -32,7 +32,7 @@ async fn templates_and_dead_letters(protocol: &str) {
     let dead = format!("{p}.dead");
     create_topics(&[&cmds, &dead], 2).await;
     let config = format!(
-        "{}routes:\n  - name: cmds\n    kafkaToMqtt:\n      kafkaTopics: ['{cmds}']\n      mqttTopic: '{p}/{{key}}/{{target.room}}'\n      qos: 1\n    deadLetterTopic: '{dead}'\n",
+        "{}routes:\n  - name: cmds\n    kafkaToMqtt:\n      kafkaTopics: ['{cmds}']\n      mqttTopic: '{p}/{{key}}/{{target.room}}'\n      qos: 1\n    deadLetterTopic: '{dead}'\n  - name: loop\n    mqttToKafka:\n      mqttTopicFilter: '{p}/+/loop'\n      kafkaTopic: '{cmds}'\n",
         common::plain_connections(&p, protocol)
     );
     let mut bridge = Bridge::start(&p, &config);
@@ -51,7 +51,8 @@ async fn templates_and_dead_letters(protocol: &str) {
     )
     .await;
     produce(&cmds, Some("dev2"), "not json").await;
-    // A record this bridge produced itself is not carried back.
+    // A record this bridge produced itself is not carried to `{p}/dev3/loop`:
+    // the `loop` route would bring it straight back into Kafka.
     let producer: FutureProducer = common::kafka_config(&testenv::var("KAFKA_BOOTSTRAP"))
         .create()
         .unwrap();

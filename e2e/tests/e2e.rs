@@ -450,16 +450,15 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
     assert_eq!(recs.per_prefix.keys().collect::<Vec<_>>(), vec!["a"]);
     step(t0, &format!("Kafka: {}", report.summary()));
 
-    // The way back. bridge-runtime marks what it produces with its origin
-    // (x-bridge-origin = clientIdPrefix) and its Kafka→MQTT side skips such
-    // records, so the bridge never republishes its own MQTT→Kafka records;
-    // the way back is checked with readings another producer writes into
-    // the topic (a service computing readings, say).
+    // The way back: the fleet's own readings (which the bridge itself wrote
+    // into Kafka; its loop prevention only drops records that would come
+    // straight back round) and readings another producer writes into the topic.
     let k = produce(&s, &kafka_topic, "k", 100, 6).await;
+    let want_back = a.expected.total() + k.total();
     wait_until(
-        "Kafka-produced readings back on MQTT",
+        "the fleet's readings and the Kafka-produced readings back on MQTT",
         Duration::from_secs(120),
-        || async { (back_control.unique.load(Ordering::Relaxed) >= k.total()).then_some(()) },
+        || async { (back_control.unique.load(Ordering::Relaxed) >= want_back).then_some(()) },
     )
     .await;
     step(

@@ -275,9 +275,8 @@ async fn agent(state: &Path, a: &UpArgs) -> Result<()> {
         });
     }
 
-    // The bridge never carries its own records back (x-bridge-origin), so
-    // the way back shows readings another producer writes into the topic:
-    // a tenth of the fleet, straight to Kafka.
+    // Besides the fleet's own readings, the way back carries what another
+    // producer writes into the topic: a tenth of the fleet, straight to Kafka.
     {
         let mut fleet = sensor_fleet::simulate::Fleet::new(
             (a.sensors / 10).max(1),
@@ -399,8 +398,8 @@ async fn watch(state: &Path, seconds: u64) -> Result<()> {
                 );
             }
             println!(
-                "Kafka → MQTT carries what other producers write into the topic (here a tenth of \
-                 the fleet, produced straight to Kafka): a bridge never republishes its own records."
+                "Kafka → MQTT carries the fleet's readings back out on sensors/<sensor_id>, plus what \
+                 other producers write into the topic (here a tenth of the fleet, produced straight to Kafka)."
             );
             shown_endpoints = true;
         }
