@@ -41,7 +41,7 @@ async fn publish_numbered_qos(
     } else {
         1000
     };
-    let (client, _) = common::mqtt_client_with_inflight("seqpub", true, inflight).await;
+    let (client, _, acked) = common::mqtt_client_counting_acks("seqpub", true, inflight).await;
     let start = Instant::now();
     for i in 0..count {
         client
@@ -57,8 +57,17 @@ async fn publish_numbered_qos(
             }
         }
     }
-    // Let rumqttc finish its in-flight window before the client is dropped.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // `publish().await` only queues: keep the client until the broker has
+    // acknowledged every number (retransmitted after a broker restart).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked.load(std::sync::atomic::Ordering::Relaxed) < u64::from(count) {
+        assert!(
+            Instant::now() < deadline,
+            "the broker acknowledged only {} of {count} publishes",
+            acked.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Checks that every number arrived and that, per key, first arrivals are in order.

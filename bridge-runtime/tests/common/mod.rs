@@ -321,6 +321,24 @@ pub async fn mqtt_client_with_inflight(
     rumqttc::AsyncClient,
     tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
 ) {
+    let (client, rx, _) = mqtt_client_counting_acks(name, persistent, inflight).await;
+    (client, rx)
+}
+
+/// As [`mqtt_client_with_inflight`], also counting the broker's
+/// acknowledgements of our publishes (PUBACK for QoS 1, PUBCOMP for QoS 2),
+/// so a publisher can wait until the broker has every message before it
+/// lets go of the client: `publish().await` only queues a request.
+pub async fn mqtt_client_counting_acks(
+    name: &str,
+    persistent: bool,
+    inflight: u16,
+) -> (
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::Ordering;
     let (host, port) = mqtt_host_port(&testenv::var("MQTT_URL"));
     let mut o = rumqttc::MqttOptions::new(testenv::unique_name(name), host, port);
     o.set_clean_session(!persistent);
@@ -331,6 +349,8 @@ pub async fn mqtt_client_with_inflight(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (conn_tx, conn_rx) = tokio::sync::oneshot::channel();
     let mut conn_tx = Some(conn_tx);
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = acks.clone();
     tokio::spawn(async move {
         loop {
             match el.poll().await {
@@ -342,7 +362,13 @@ pub async fn mqtt_client_with_inflight(
                 Ok(rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p))) => {
                     let _ = tx.send(p);
                 }
+                Ok(rumqttc::Event::Incoming(
+                    rumqttc::Incoming::PubAck(_) | rumqttc::Incoming::PubComp(_),
+                )) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(_) => {}
+                Err(rumqttc::ConnectionError::RequestsDone) => return,
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
@@ -351,5 +377,5 @@ pub async fn mqtt_client_with_inflight(
         .await
         .expect("MQTT connect timeout")
         .expect("MQTT connect");
-    (client, rx)
+    (client, rx, acks)
 }
