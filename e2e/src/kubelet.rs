@@ -53,7 +53,7 @@ pub enum Runtime {
     Podman(Podman),
 }
 
-/// podman settings (see /work/shared/guide/containers.md and install-tests).
+/// podman settings (see the shared guide on containers, and install-tests).
 #[derive(Clone, Debug)]
 pub struct Podman {
     /// Private storage: `<dir>/root`, `<dir>/runroot`, `<dir>/containers.conf`.
