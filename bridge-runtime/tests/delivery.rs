@@ -107,6 +107,7 @@ fn distinct(records: &[common::Record]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_loss_through_kills_and_server_restarts() {
+    let _serial = common::serial().await;
     testenv::install_crypto_provider();
     const COUNT: u32 = 50_000;
     let p = testenv::unique_name("noloss");
@@ -165,6 +166,7 @@ async fn no_loss_through_kills_and_server_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_order_and_throughput() {
+    let _serial = common::serial().await;
     testenv::install_crypto_provider();
     const COUNT: u32 = 30_000;
     let p = testenv::unique_name("tput");
@@ -224,6 +226,7 @@ async fn read_all(p: &str, count: u32) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos_2_mqtt_to_kafka() {
+    let _serial = common::serial().await;
     testenv::install_crypto_provider();
     const COUNT: u32 = 5_000;
     let p = testenv::unique_name("m2kqos2");
@@ -250,6 +253,7 @@ async fn qos_2_mqtt_to_kafka() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_subscription_over_three_connections_mqtt_311() {
+    let _serial = common::serial().await;
     testenv::install_crypto_provider();
     const COUNT: u32 = 20_000;
     let p = testenv::unique_name("shared");

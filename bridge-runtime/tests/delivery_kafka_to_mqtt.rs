@@ -163,6 +163,7 @@ async fn collect(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_loss_kafka_to_mqtt_through_kills_and_server_restarts() {
+    let _serial = common::serial().await;
     testenv::install_crypto_provider();
     const COUNT: u32 = 50_000;
     let p = testenv::unique_name("k2mnoloss");
@@ -236,6 +237,7 @@ async fn no_loss_kafka_to_mqtt_through_kills_and_server_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos_2_kafka_to_mqtt() {
+    let _serial = common::serial().await;
     testenv::install_crypto_provider();
     const COUNT: u32 = 5_000;
     let p = testenv::unique_name("k2mqos2");

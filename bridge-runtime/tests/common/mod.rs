@@ -379,3 +379,12 @@ pub async fn mqtt_client_counting_acks(
         .expect("MQTT connect");
     (client, rx, acks)
 }
+
+/// Cargo runs the tests of one binary in parallel. A test that stops Kafka or
+/// Mosquitto would make its neighbours fail (a topic created while Kafka
+/// restarts gets "invalid replication factor"), so every test of a binary
+/// with fault tests holds this for its whole run.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
