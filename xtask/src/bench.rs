@@ -40,9 +40,7 @@ pub fn run(args: &[String]) -> Result<()> {
     dirs.extend(std::env::split_paths(&path));
     let path = std::env::join_paths(dirs).context("build PATH")?;
 
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(&cargo)
-        .current_dir(paths::workspace())
+    let status = paths::cargo()
         .args([
             "build",
             "--release",

@@ -54,9 +54,7 @@ pub fn run(args: &[String]) -> Result<()> {
         3,
         "cargo build --release -p bridge-runtime -p operator -p e2e (a few minutes the first time)",
     );
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&workspace)
+    let status = paths::cargo()
         .args([
             "build",
             "--release",

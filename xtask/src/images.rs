@@ -44,9 +44,8 @@ pub fn run(opts: &Options) -> Result<()> {
     let bin_dir = match &opts.bin_dir {
         Some(dir) => dir.clone(),
         None => {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.current_dir(&workspace).args(["build", "--release"]);
+            let mut cmd = paths::cargo();
+            cmd.args(["build", "--release"]);
             for (_, krate, _) in IMAGES {
                 cmd.args(["-p", krate]);
             }

@@ -29,3 +29,28 @@ pub fn state_dir() -> PathBuf {
         None => workspace().join("target").join("testenv"),
     }
 }
+
+/// A `cargo` command for the workspace without the variables `cargo run` set
+/// for xtask itself: build scripts such as ring's track `CARGO_MANIFEST_DIR`,
+/// so passing xtask's value on made every `cargo xtask …` rebuild half the
+/// dependency tree that a plain `cargo build` had just built (and back).
+pub fn cargo() -> std::process::Command {
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(program);
+    cmd.current_dir(workspace());
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_by_cargo_run = matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+        ) || name.starts_with("CARGO_PKG_");
+        if set_by_cargo_run {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}

@@ -1,7 +1,4 @@
 //! `cargo xtask test`: the one command that proves the project works.
-
-use std::process::Command;
-
 use anyhow::{Context, Result, bail};
 
 use crate::{paths, prereq, testenv, toolchain};
@@ -26,9 +23,7 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
     dirs.extend(std::env::split_paths(&path));
     let path = std::env::join_paths(dirs).context("build PATH")?;
 
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(paths::workspace())
+    let status = paths::cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(cargo_args)
         .envs(&vars)
