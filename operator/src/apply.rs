@@ -68,6 +68,11 @@ pub async fn apply_children(
 
 /// The slot Deployments of a bridge (by label).
 pub async fn slot_deployments(api: &Api<Deployment>, bridge_name: &str) -> Result<Vec<Deployment>> {
-    let params = ListParams::default().labels(&format!("{BRIDGE_LABEL}={bridge_name}"));
+    // From the apiserver's watch cache, not etcd: a reconcile runs after a
+    // watch event the cache has already seen, and a quorum read per reconcile
+    // made etcd the bottleneck with hundreds of bridges.
+    let params = ListParams::default()
+        .labels(&format!("{BRIDGE_LABEL}={bridge_name}"))
+        .match_any();
     Ok(api.list(&params).await?.items)
 }

@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, reflector};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -46,6 +46,11 @@ pub struct Context {
 const NOT_READY_REQUEUE: Duration = Duration::from_secs(15);
 /// Periodic resync of a healthy bridge.
 const RESYNC: Duration = Duration::from_secs(600);
+/// Triggers of one bridge within this window make one reconcile: creating a
+/// bridge sets off a burst (its ConfigMap, Deployment and every Deployment
+/// status step, its own status patch), and with 500 bridges reconciling each
+/// of those separately kept the apiserver busy for over a minute.
+const DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// Reconciles one bridge.
 #[tracing::instrument(skip_all, fields(bridge = %bridge.name_any(), namespace = bridge.namespace().unwrap_or_default()))]
@@ -101,7 +106,11 @@ async fn reconcile_inner(
     let deployments = slot_deployments(&deployments_api, &name).await?;
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let pods = pods_api
-        .list(&ListParams::default().labels(&pod_selector(&name)))
+        .list(
+            &ListParams::default()
+                .labels(&pod_selector(&name))
+                .match_any(),
+        )
         .await?
         .items;
     let new = status::compute(
@@ -251,7 +260,8 @@ pub async fn run_controller(
             }
         })
         .applied_objects();
-    let controller = Controller::for_stream(bridges, store.clone());
+    let controller = Controller::for_stream(bridges, store.clone())
+        .with_config(controller::Config::default().debounce(DEBOUNCE));
     controller
         .owns(scoped::<Deployment>(&client, namespace), managed.clone())
         .owns(scoped::<ConfigMap>(&client, namespace), managed)
