@@ -1,17 +1,150 @@
 //! Step 4: server-side apply of the children, one field manager, forced, so
 //! the operator owns exactly the fields it builds and re-applying an
 //! unchanged object writes nothing.
+//!
+//! Even an apply that changes nothing costs the apiserver a full
+//! server-side-apply merge, and a bridge is reconciled on every status step
+//! of its Deployment. So the operator remembers what it applied
+//! ([`Applied`]) and skips the applies while the children it would build
+//! are the same and the children on the server are still the versions its
+//! last apply left (a hand edit changes them, and is undone).
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{DeleteParams, GetParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::build::{BRIDGE_LABEL, Children, SLOT_LABEL};
 use crate::error::{Error, Result};
+
+/// Versions of a bridge's children on the server, by `Kind/name`: the
+/// resourceVersion of the ConfigMap and the Service, the generation of each
+/// Deployment (its status changes all the time, its generation only when its
+/// spec does).
+pub type ChildVersions = BTreeMap<String, String>;
+
+/// What the last apply of one bridge built, and what it left on the server.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    /// [`children_hash`] of what was applied.
+    pub children_hash: u64,
+    /// The versions the applies returned.
+    pub versions: ChildVersions,
+    /// When: after [`Applied::MAX_AGE`] everything is applied again anyway.
+    pub at: Instant,
+}
+
+impl Applied {
+    /// Even unchanged children are applied again this often.
+    pub const MAX_AGE: Duration = Duration::from_secs(600);
+
+    /// Whether applying children with `children_hash` would change nothing,
+    /// given the versions now on the server.
+    pub fn is_current(&self, children_hash: u64, live: &ChildVersions, now: Instant) -> bool {
+        self.children_hash == children_hash
+            && &self.versions == live
+            && now.duration_since(self.at) < Self::MAX_AGE
+    }
+}
+
+/// What was applied per bridge (by uid), kept by the controller.
+#[derive(Default)]
+pub struct AppliedByBridge(std::sync::Mutex<HashMap<String, Applied>>);
+
+impl AppliedByBridge {
+    /// See [`Applied::is_current`]; false for a bridge not applied yet.
+    pub fn is_current(&self, uid: &str, children_hash: u64, live: &ChildVersions) -> bool {
+        let now = Instant::now();
+        self.0.lock().is_ok_and(|m| {
+            m.get(uid)
+                .is_some_and(|a| a.is_current(children_hash, live, now))
+        })
+    }
+
+    /// Records an apply; forgets bridges not applied for a long time (deleted ones).
+    pub fn record(&self, uid: &str, children_hash: u64, versions: ChildVersions) {
+        if let Ok(mut m) = self.0.lock() {
+            let now = Instant::now();
+            m.retain(|_, a| now.duration_since(a.at) < 2 * Applied::MAX_AGE);
+            m.insert(
+                uid.to_owned(),
+                Applied {
+                    children_hash,
+                    versions,
+                    at: now,
+                },
+            );
+        }
+    }
+}
+
+/// A hash of the children as built (only compared within one process);
+/// `None` if they cannot be serialized, and then they are always applied.
+pub fn children_hash(children: &Children) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    serde_json::to_vec(&children.config_map)
+        .ok()?
+        .hash(&mut hasher);
+    serde_json::to_vec(&children.service)
+        .ok()?
+        .hash(&mut hasher);
+    for d in &children.deployments {
+        serde_json::to_vec(d).ok()?.hash(&mut hasher);
+    }
+    Some(hasher.finish())
+}
+
+fn version_key(kind: &str, name: &str) -> String {
+    format!("{kind}/{name}")
+}
+
+/// The versions of a bridge's children now on the server, read from the
+/// apiserver's watch cache; `deployments` are the bridge's slot Deployments
+/// as listed (surplus slots included, so that they make a difference).
+pub async fn live_versions(
+    client: &Client,
+    namespace: &str,
+    children: &Children,
+    deployments: &[Deployment],
+) -> Result<ChildVersions> {
+    let mut versions = ChildVersions::new();
+    let cm_name = children.config_map.name_any();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    if let Some(cm) = cms
+        .get_metadata_opt_with(&cm_name, &GetParams::any())
+        .await?
+    {
+        versions.insert(
+            version_key("ConfigMap", &cm_name),
+            cm.resource_version().unwrap_or_default(),
+        );
+    }
+    let svc_name = children.service.name_any();
+    let svcs: Api<Service> = Api::namespaced(client.clone(), namespace);
+    if let Some(svc) = svcs
+        .get_metadata_opt_with(&svc_name, &GetParams::any())
+        .await?
+    {
+        versions.insert(
+            version_key("Service", &svc_name),
+            svc.resource_version().unwrap_or_default(),
+        );
+    }
+    for d in deployments {
+        versions.insert(
+            version_key("Deployment", &d.name_any()),
+            d.metadata.generation.unwrap_or_default().to_string(),
+        );
+    }
+    Ok(versions)
+}
 
 /// The operator's field manager.
 pub const FIELD_MANAGER: &str = "mqtt-kafka-operator";
@@ -36,18 +169,31 @@ where
 
 /// Applies the ConfigMap and Service, then the slot Deployments (the pods
 /// mount the ConfigMap, so it goes first), and deletes the Deployments of
-/// slots beyond `replicas`.
+/// slots beyond `replicas`. Returns the versions the applies left.
 pub async fn apply_children(
     client: &Client,
     namespace: &str,
     bridge_name: &str,
     bridge_uid: &str,
     children: &Children,
-) -> Result<()> {
-    apply(client, namespace, &children.config_map).await?;
-    apply(client, namespace, &children.service).await?;
+) -> Result<ChildVersions> {
+    let mut versions = ChildVersions::new();
+    let cm = apply(client, namespace, &children.config_map).await?;
+    versions.insert(
+        version_key("ConfigMap", &cm.name_any()),
+        cm.resource_version().unwrap_or_default(),
+    );
+    let svc = apply(client, namespace, &children.service).await?;
+    versions.insert(
+        version_key("Service", &svc.name_any()),
+        svc.resource_version().unwrap_or_default(),
+    );
     for d in &children.deployments {
-        apply(client, namespace, d).await?;
+        let d = apply(client, namespace, d).await?;
+        versions.insert(
+            version_key("Deployment", &d.name_any()),
+            d.metadata.generation.unwrap_or_default().to_string(),
+        );
     }
     let desired = children.deployments.len();
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
@@ -59,11 +205,15 @@ pub async fn apply_children(
         let ours = d.owner_references().iter().any(|o| o.uid == bridge_uid);
         if ours && slot.is_none_or(|s| s >= desired) {
             tracing::info!(deployment = %d.name_any(), "deleting scaled-down slot");
-            api.delete(&d.name_any(), &DeleteParams::background())
-                .await?;
+            match api.delete(&d.name_any(), &DeleteParams::background()).await {
+                Ok(_) => {}
+                // Listed from the watch cache: it may be gone already.
+                Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
-    Ok(())
+    Ok(versions)
 }
 
 /// The slot Deployments of a bridge (by label).
@@ -75,4 +225,79 @@ pub async fn slot_deployments(api: &Api<Deployment>, bridge_name: &str) -> Resul
         .labels(&format!("{BRIDGE_LABEL}={bridge_name}"))
         .match_any();
     Ok(api.list(&params).await?.items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn versions(pairs: &[(&str, &str)]) -> ChildVersions {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn applied() -> (Applied, Instant) {
+        let at = Instant::now();
+        let applied = Applied {
+            children_hash: 42,
+            versions: versions(&[
+                ("ConfigMap/b-config", "100"),
+                ("Service/b", "101"),
+                ("Deployment/b-0", "1"),
+            ]),
+            at,
+        };
+        (applied, at)
+    }
+
+    #[test]
+    fn nothing_changed_is_current() {
+        let (a, at) = applied();
+        assert!(a.is_current(42, &a.versions.clone(), at + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_new_build_is_applied() {
+        let (a, at) = applied();
+        assert!(!a.is_current(43, &a.versions.clone(), at));
+    }
+
+    #[test]
+    fn a_hand_edit_is_undone() {
+        let (a, at) = applied();
+        let mut edited_deployment = a.versions.clone();
+        edited_deployment.insert("Deployment/b-0".into(), "2".into());
+        assert!(!a.is_current(42, &edited_deployment, at));
+        let mut edited_cm = a.versions.clone();
+        edited_cm.insert("ConfigMap/b-config".into(), "130".into());
+        assert!(!a.is_current(42, &edited_cm, at));
+        let mut deleted = a.versions.clone();
+        deleted.remove("Service/b");
+        assert!(!a.is_current(42, &deleted, at));
+    }
+
+    #[test]
+    fn a_surplus_slot_is_not_current() {
+        let (a, at) = applied();
+        let mut surplus = a.versions.clone();
+        surplus.insert("Deployment/b-1".into(), "1".into());
+        assert!(!a.is_current(42, &surplus, at));
+    }
+
+    #[test]
+    fn everything_is_applied_again_after_a_while() {
+        let (a, at) = applied();
+        assert!(!a.is_current(42, &a.versions.clone(), at + Applied::MAX_AGE));
+    }
+
+    #[test]
+    fn unknown_bridges_are_applied() {
+        let by_bridge = AppliedByBridge::default();
+        assert!(!by_bridge.is_current("uid-1", 42, &ChildVersions::new()));
+        by_bridge.record("uid-1", 42, ChildVersions::new());
+        assert!(by_bridge.is_current("uid-1", 42, &ChildVersions::new()));
+        assert!(!by_bridge.is_current("uid-2", 42, &ChildVersions::new()));
+    }
 }

@@ -19,7 +19,9 @@ use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::apply::{FIELD_MANAGER, apply_children, slot_deployments};
+use crate::apply::{
+    AppliedByBridge, FIELD_MANAGER, apply_children, children_hash, live_versions, slot_deployments,
+};
 use crate::build::{self, BRIDGE_LABEL, BuildSettings, MANAGER, pod_selector};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -39,6 +41,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Consecutive transient failures per bridge, for exponential backoff.
     pub failures: Mutex<HashMap<ObjectRef<MqttKafkaBridge>, u32>>,
+    /// What was last applied per bridge, to skip applies that change nothing.
+    pub applied: AppliedByBridge,
 }
 
 /// Requeue interval of a bridge that is not Ready yet (a pod's termination
@@ -95,7 +99,16 @@ async fn reconcile_inner(
             let uid = bridge
                 .uid()
                 .ok_or_else(|| Error::missing(bridge, "metadata.uid"))?;
-            apply_children(client, &ns, &name, &uid, &children).await?;
+            let hash = children_hash(&children);
+            let deployments_api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+            let listed = slot_deployments(&deployments_api, &name).await?;
+            let live = live_versions(client, &ns, &children, &listed).await?;
+            if !hash.is_some_and(|h| ctx.applied.is_current(&uid, h, &live)) {
+                let versions = apply_children(client, &ns, &name, &uid, &children).await?;
+                if let Some(h) = hash {
+                    ctx.applied.record(&uid, h, versions);
+                }
+            }
             None
         }
         Err(e) if e.is_user_error() => Some(e),

@@ -129,6 +129,7 @@ pub async fn run(
         },
         metrics,
         failures: Default::default(),
+        applied: Default::default(),
     });
     let ready_flag = ready.clone();
     controller::run_controller(

@@ -381,6 +381,48 @@ async fn scale_keeps_slots_stable_and_unique() {
 }
 
 #[tokio::test]
+async fn hand_edits_of_children_are_undone() {
+    let client = client().await;
+    let ns = namespace(&client, "drift").await;
+    let op = Operator::start(client.clone(), &ns);
+    let name = "current-sensor";
+    apply_bridge(&client, &ns, CURRENT).await;
+    wait_ready(&client, &ns, name, "True", "Available").await;
+    let deploy: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let dep_name = operator::build::deployment_name(name, 0);
+    let cm_name = operator::build::config_map_name(name);
+    let cm_before = cms.get(&cm_name).await.unwrap().data;
+
+    // Someone scales the slot Deployment to 0 and edits the configuration.
+    deploy
+        .patch(
+            &dep_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 0}})),
+        )
+        .await
+        .unwrap();
+    cms.patch(
+        &cm_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"bridge.yaml": "edited: by hand"}})),
+    )
+    .await
+    .unwrap();
+
+    wait_for("the operator to undo the edits", Duration::from_secs(30), || async {
+        let replicas = deploy.get(&dep_name).await.ok()?.spec?.replicas;
+        let data = cms.get(&cm_name).await.ok()?.data;
+        (replicas == Some(1) && data == cm_before).then_some(())
+    })
+    .await;
+    wait_ready(&client, &ns, name, "True", "Available").await;
+    op.stop().await.unwrap();
+    drop_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
 async fn ready_follows_the_deployment() {
     let client = client().await;
     let ns = namespace(&client, "ready").await;
