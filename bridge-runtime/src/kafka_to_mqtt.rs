@@ -35,6 +35,8 @@ type PartitionKey = (String, i32);
 #[derive(Clone, Debug)]
 struct Token {
     partition: usize,
+    /// Index into the route table's Kafka→MQTT routes.
+    route: usize,
     seq: Seq,
     qos: u8,
     generation: u64,
@@ -94,6 +96,12 @@ pub async fn run(
         sent_order: VecDeque::new(),
         by_pkid: HashMap::new(),
         in_flight: 0,
+        counters: config
+            .routes
+            .kafka_to_mqtt
+            .iter()
+            .map(|r| observability.metrics.route_counters(&r.name))
+            .collect(),
     };
     let max_in_flight = config.config.max_in_flight_publishes as usize;
     let origin: Arc<str> = Arc::from(config.origin());
@@ -276,6 +284,8 @@ struct State {
     /// publishes at once. The broker completes them in order.
     by_pkid: HashMap<u16, VecDeque<Token>>,
     in_flight: usize,
+    /// Per route (index into the route table's Kafka→MQTT routes).
+    counters: Vec<metrics::RouteCounters>,
 }
 
 impl State {
@@ -331,7 +341,9 @@ impl State {
         let seq = part.tracker.push(offset, pending);
         for (route, disposition) in plans {
             let name = &config.routes.kafka_to_mqtt[route].name;
-            m.received.get_or_create(&metrics::route(name)).inc();
+            if let Some(c) = self.counters.get(route) {
+                c.received.inc();
+            }
             match disposition {
                 Disposition::Forward(plan) => {
                     let Some(client) = &publisher.client else {
@@ -340,6 +352,7 @@ impl State {
                     };
                     self.sent_order.push_back(Token {
                         partition: pi,
+                        route,
                         seq,
                         qos: plan.qos,
                         generation,
@@ -411,6 +424,9 @@ impl State {
     fn complete(&mut self, token: &Token) {
         if let Some(p) = self.partitions.get_mut(token.partition) {
             p.tracker.complete(token.seq);
+        }
+        if let Some(c) = self.counters.get(token.route) {
+            c.forwarded.inc();
         }
         self.in_flight = self.in_flight.saturating_sub(1);
         let _ = token.generation;
@@ -519,12 +535,14 @@ mod tests {
             sent_order: VecDeque::new(),
             by_pkid: HashMap::new(),
             in_flight: 0,
+            counters: vec![metrics::RouteCounters::default()],
         };
         let pi = state.partition("t", 0);
         for offset in 0..records {
             let seq = state.partitions[pi].tracker.push(offset as i64, 1);
             state.sent_order.push_back(Token {
                 partition: pi,
+                route: 0,
                 seq,
                 qos: 2,
                 generation: 1,
@@ -548,6 +566,7 @@ mod tests {
         assert_eq!(state.partitions[0].tracker.release(), vec![1]);
         assert_eq!(state.in_flight, 0);
         assert!(state.by_pkid.is_empty());
+        assert_eq!(state.counters[0].forwarded.get(), 2);
         // A stray acknowledgement changes nothing.
         state.on_acked(7);
         assert_eq!(state.in_flight, 0);

@@ -120,12 +120,38 @@ impl Metrics {
         }
     }
 
+    /// The per-message counters of one route, looked up once: a family
+    /// lookup per message hashed and allocated its label set every time.
+    pub fn route_counters(&self, name: &str) -> RouteCounters {
+        let labels = route(name);
+        RouteCounters {
+            received: self.received.get_or_create(&labels).clone(),
+            forwarded: self.forwarded.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// The forward latency histogram of one direction (`mqtt_to_kafka`, `kafka_to_mqtt`).
+    pub fn forward_latency_of(&self, direction: &str) -> Histogram {
+        self.forward_latency
+            .get_or_create(&vec![("direction", direction.to_owned())])
+            .clone()
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Handles of a route's per-message counters (clones share the counts).
+#[derive(Clone, Debug, Default)]
+pub struct RouteCounters {
+    /// `messages_received{route}`.
+    pub received: Counter,
+    /// `messages_forwarded{route}`.
+    pub forwarded: Counter,
 }
 
 /// Labels for a route-level counter.

@@ -91,6 +91,15 @@ async fn templates_and_dead_letters(protocol: &str) {
         "{:?}",
         more.iter().map(|p| &p.topic).collect::<Vec<_>>()
     );
+    // Counted: three records in, one carried to MQTT (the broker acknowledged it).
+    assert_eq!(
+        bridge.metric("bridge_messages_received_total{route=\"cmds\""),
+        3.0
+    );
+    assert_eq!(
+        bridge.metric("bridge_messages_forwarded_total{route=\"cmds\""),
+        1.0
+    );
 
     // Committed: after a clean restart nothing is published again.
     bridge.sigterm();
