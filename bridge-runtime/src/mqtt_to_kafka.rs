@@ -87,6 +87,13 @@ pub async fn run(
         epoch: 0,
         retries: VecDeque::new(),
         conn_labels: metrics::connection("mqtt", &client_id),
+        counters: config
+            .routes
+            .mqtt_to_kafka
+            .iter()
+            .map(|r| observability.metrics.route_counters(&r.name))
+            .collect(),
+        forward_latency: observability.metrics.forward_latency_of("mqtt_to_kafka"),
     };
     let grace = Duration::from_secs(u64::from(config.config.shutdown_grace_period_seconds));
     let mut drain_deadline: Option<tokio::time::Instant> = None;
@@ -219,6 +226,9 @@ struct Pipeline {
     /// Failed records waiting to be sent again.
     retries: VecDeque<(Instant, Box<PendingRecord>)>,
     conn_labels: metrics::Labels,
+    /// Per route (index into the route table's MQTT→Kafka routes).
+    counters: Vec<metrics::RouteCounters>,
+    forward_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Pipeline {
@@ -286,7 +296,9 @@ impl Pipeline {
         let now = Instant::now();
         for (route, disposition) in plans {
             let name = &config.routes.mqtt_to_kafka[route].name;
-            m.received.get_or_create(&metrics::route(name)).inc();
+            if let Some(c) = self.counters.get(route) {
+                c.received.inc();
+            }
             let (plan, dead_letter) = match disposition {
                 Disposition::Forward(plan) => (plan, false),
                 Disposition::DeadLetter { record, reason } => {
@@ -358,13 +370,10 @@ impl Pipeline {
         }
         match report.result {
             Ok(()) => {
-                let name = &self.config.routes.mqtt_to_kafka[record.route].name;
-                if !record.dead_letter {
-                    self.observability
-                        .metrics
-                        .forwarded
-                        .get_or_create(&metrics::route(name))
-                        .inc();
+                if !record.dead_letter
+                    && let Some(c) = self.counters.get(record.route)
+                {
+                    c.forwarded.inc();
                 }
                 if let Some(seq) = record.seq {
                     self.tracker.complete(seq);
@@ -414,15 +423,10 @@ impl Pipeline {
         if released.is_empty() {
             return;
         }
-        {
-            let histogram = self
-                .observability
-                .metrics
-                .forward_latency
-                .get_or_create(&vec![("direction", "mqtt_to_kafka".to_owned())]);
-            for held in &released {
-                histogram.observe(held.received.elapsed().as_secs_f64());
-            }
+        let now = Instant::now();
+        for held in &released {
+            self.forward_latency
+                .observe(now.duration_since(held.received).as_secs_f64());
         }
         for held in released {
             if let Err(e) = self.client.ack(held.qos, held.pkid).await {
