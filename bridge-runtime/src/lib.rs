@@ -1,7 +1,8 @@
 //! At-least-once MQTT ↔ Kafka bridge.
 //!
 //! The data's way, one module per step: [`config`] (file, secrets, checks) →
-//! [`routes`] (what goes where, over [`topic`] filters and templates) →
+//! [`routes`] (what goes where, over [`topic`] filters and templates and
+//! [`json_field`] keys) →
 //! [`mqtt_side`] / [`kafka_side`] (the clients) → [`mqtt_to_kafka`] /
 //! [`kafka_to_mqtt`] (the pipelines) with [`ack_tracker`] releasing
 //! acknowledgements and commits in order. [`metrics`], [`http`] and
@@ -13,6 +14,7 @@ pub mod check;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod json_field;
 pub mod kafka_side;
 pub mod kafka_to_mqtt;
 pub mod metrics;

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, HashSet};
 use crds::{KafkaKeyType, Route};
 
 use crate::error::BridgeError;
+use crate::json_field::json_field_text_in;
 use crate::topic::{
-    KafkaTopicTemplate, MqttTopicTemplate, TopicFilter, Unresolved, json_field_text,
-    validate_kafka_topic,
+    KafkaTopicTemplate, MqttTopicTemplate, TopicFilter, Unresolved, validate_kafka_topic,
 };
 
 /// Header (Kafka) and user property (MQTT 5) marking what this bridge
@@ -289,7 +289,6 @@ impl RouteTable {
         msg: &MqttMessage<'_>,
         own: bool,
     ) -> Vec<(usize, Disposition<RecordPlan>)> {
-        let mut json: Option<Option<serde_json::Value>> = None;
         let mut out = Vec::new();
         for (i, route) in self.mqtt_to_kafka.iter().enumerate() {
             let Some(captures) = route.filter.captures(msg.topic) else {
@@ -301,10 +300,7 @@ impl RouteTable {
                     KeyRule::MqttTopic => Some(msg.topic.as_bytes().to_vec()),
                     KeyRule::Level(n) => captures.get(n - 1).map(|c| c.as_bytes().to_vec()),
                     KeyRule::Field(path) => {
-                        let parsed =
-                            json.get_or_insert_with(|| serde_json::from_slice(msg.payload).ok());
-                        let value = parsed.as_ref().ok_or(Unresolved::PayloadNotJson)?;
-                        Some(json_field_text(value, path)?.into_bytes())
+                        Some(json_field_text_in(msg.payload, path)?.into_bytes())
                     }
                 };
                 Ok((topic, key))

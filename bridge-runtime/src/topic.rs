@@ -234,6 +234,10 @@ impl KafkaTopicTemplate {
 
     /// Fills in the captured levels.
     pub fn resolve(&self, captures: &[&str]) -> Result<String, Unresolved> {
+        // A fixed topic was checked when the configuration was loaded.
+        if let [Part::Literal(fixed)] = self.parts.as_slice() {
+            return Ok(fixed.clone());
+        }
         let mut out = String::new();
         for part in &self.parts {
             match part {
