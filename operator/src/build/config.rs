@@ -52,7 +52,7 @@ pub fn bridge_config(spec: &MqttKafkaBridgeSpec) -> BridgeConfig {
             format: LogFormat::Json,
             level: "info".into(),
         },
-        mqtt_receive_maximum: 1000,
+        mqtt_receive_maximum: crds::DEFAULT_MQTT_RECEIVE_MAXIMUM,
         max_in_flight_publishes: 1000,
     }
 }
