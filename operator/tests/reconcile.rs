@@ -411,11 +411,15 @@ async fn hand_edits_of_children_are_undone() {
     .await
     .unwrap();
 
-    wait_for("the operator to undo the edits", Duration::from_secs(30), || async {
-        let replicas = deploy.get(&dep_name).await.ok()?.spec?.replicas;
-        let data = cms.get(&cm_name).await.ok()?.data;
-        (replicas == Some(1) && data == cm_before).then_some(())
-    })
+    wait_for(
+        "the operator to undo the edits",
+        Duration::from_secs(30),
+        || async {
+            let replicas = deploy.get(&dep_name).await.ok()?.spec?.replicas;
+            let data = cms.get(&cm_name).await.ok()?.data;
+            (replicas == Some(1) && data == cm_before).then_some(())
+        },
+    )
     .await;
     wait_ready(&client, &ns, name, "True", "Available").await;
     op.stop().await.unwrap();

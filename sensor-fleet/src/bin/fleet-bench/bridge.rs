@@ -24,16 +24,23 @@ fn m2k_config(
     filter: &str,
     topic: &str,
     qos: u8,
-    connections: u16,
+    args: &Args,
 ) -> String {
+    let connections = args.bridge_connections;
     let shared = if connections > 1 {
         format!("  sharedSubscriptionGroup: {id}\n")
     } else {
         String::new()
     };
+    let receive_maximum = args
+        .bridge_receive_maximum
+        .map_or(String::new(), |n| format!("mqttReceiveMaximum: {n}\n"));
+    let linger = args.bridge_linger_ms.map_or(String::new(), |ms| {
+        format!("  producer:\n    lingerMs: {ms}\n")
+    });
     format!(
         "mqtt:\n  url: {mqtt}\n  protocolVersion: \"5\"\n  clientIdPrefix: {id}\n  connections: {connections}\n  sessionExpirySeconds: 30\n{shared}\
-kafka:\n  bootstrapServers: {kafka}\n\
+kafka:\n  bootstrapServers: {kafka}\n{linger}{receive_maximum}\
 routes:\n  - name: readings\n    mqttToKafka:\n      mqttTopicFilter: \"{filter}\"\n      kafkaTopic: {topic}\n      qos: {qos}\n      key:\n        type: jsonField\n        field: sensor_id\n\
 log:\n  level: warn\n"
     )
@@ -67,7 +74,7 @@ pub async fn reference(args: &Args, env: &Env, qos: u8) -> Result<()> {
             &format!("{id}/+/temperature"),
             &topic,
             qos,
-            args.bridge_connections,
+            args,
         ),
     )?;
     let machine = machine();
@@ -335,6 +342,9 @@ pub async fn peak(args: &Args, env: &Env, qos: u8) -> Result<()> {
         sub.qos = qos;
         sub.v5 = true;
         sub.connections = args.bridge_connections as usize;
+        if let Some(n) = args.bridge_receive_maximum {
+            sub.receive_maximum = n;
+        }
         sub.client_id_prefix = format!("{id}-ceil-{i}");
         sub.account = false;
         let v = verify::mqtt(
@@ -370,7 +380,7 @@ pub async fn peak(args: &Args, env: &Env, qos: u8) -> Result<()> {
             &format!("{id}/+/temperature"),
             &topic,
             qos,
-            args.bridge_connections,
+            args,
         ),
     )?;
     let mut bridge_steps = Vec::new();

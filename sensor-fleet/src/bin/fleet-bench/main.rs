@@ -56,6 +56,13 @@ pub struct Args {
     /// MQTT connections of the bridge (a shared subscription when more than one).
     #[arg(long, default_value_t = 1)]
     pub bridge_connections: u16,
+    /// MQTT 5 Receive Maximum of each bridge connection (and of the ceiling's
+    /// subscriber in the peak scenario); unset: the bridge's default.
+    #[arg(long)]
+    pub bridge_receive_maximum: Option<u16>,
+    /// The bridge producer's `linger.ms`; unset: the bridge's default.
+    #[arg(long)]
+    pub bridge_linger_ms: Option<u32>,
     /// Publisher connections of the simulator.
     #[arg(long, default_value_t = 4)]
     pub publisher_connections: usize,
