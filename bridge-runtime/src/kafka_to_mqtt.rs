@@ -1,11 +1,15 @@
-//! Kafka→MQTT: one consumer group member publishing to one MQTT connection.
+//! Kafka→MQTT: one consumer group member publishing over `mqtt.connections`
+//! MQTT connections.
 //!
-//! Records of a partition are published in order; an offset is committed
-//! only when the broker acknowledged (QoS 1 PUBACK, QoS 2 PUBCOMP) every
-//! publish before it, tracked per partition by an [`AckTracker`]. When the
-//! MQTT connection drops, what was not acknowledged is uncertain: the
-//! publisher is rebuilt from scratch and the partitions are rewound to their
-//! oldest unacknowledged record (duplicates, never loss).
+//! Each partition is published over one connection (partition `i` of those
+//! seen so far over connection `i % n`), so its records stay in order; the
+//! broker's in-flight window (Mosquitto: 20 per connection) is multiplied by
+//! the connections. An offset is committed only when the broker acknowledged
+//! (QoS 1 PUBACK, QoS 2 PUBCOMP) every publish before it, tracked per
+//! partition by an [`AckTracker`]. When a connection drops, what was not
+//! acknowledged is uncertain: all connections are rebuilt from scratch and
+//! the partitions are rewound to their oldest unacknowledged record
+//! (duplicates, never loss).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -52,8 +56,9 @@ struct PartitionState {
     skip_above: Option<i64>,
 }
 
+/// An event of connection `.1` of publisher generation `.0`.
 enum LoopEvent {
-    Mqtt(u64, MqttEvent),
+    Mqtt(u64, usize, MqttEvent),
     Disconnected(u64),
 }
 
@@ -84,16 +89,17 @@ pub async fn run(
         events_tx,
         fatal: fatal.clone(),
         generation: 0,
-        client: None,
-        loop_task: None,
-        connected: false,
+        connections: usize::from(config.config.mqtt.connections.max(1)),
+        clients: Vec::new(),
+        loop_tasks: Vec::new(),
+        connected: Vec::new(),
         backoff: Backoff::default(),
         reconnect_at: Some(tokio::time::Instant::now()),
     };
     let mut state = State {
         partitions: Vec::new(),
         index: HashMap::new(),
-        sent_order: VecDeque::new(),
+        sent_order: vec![VecDeque::new(); p.connections],
         by_pkid: HashMap::new(),
         in_flight: 0,
         counters: config
@@ -109,22 +115,27 @@ pub async fn run(
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
-        let can_take = drain_deadline.is_none() && p.connected && state.in_flight < max_in_flight;
+        let can_take =
+            drain_deadline.is_none() && p.all_connected() && state.in_flight < max_in_flight;
         tokio::select! {
             biased;
             Some(event) = events.recv() => match event {
-                LoopEvent::Mqtt(generation, event) if generation == p.generation => match event {
+                LoopEvent::Mqtt(generation, conn, event) if generation == p.generation => match event {
                     MqttEvent::Connected => {
-                        p.connected = true;
-                        p.backoff.reset();
-                        observability.health.mqtt_publisher_connected.store(true, Ordering::Relaxed);
+                        if let Some(c) = p.connected.get_mut(conn) {
+                            *c = true;
+                        }
+                        if p.all_connected() {
+                            p.backoff.reset();
+                            observability.health.mqtt_publisher_connected.store(true, Ordering::Relaxed);
+                        }
                     }
-                    MqttEvent::PublishSent(pkid) => state.on_sent(pkid),
-                    MqttEvent::PublishAcked(pkid) => state.on_acked(pkid),
+                    MqttEvent::PublishSent(pkid) => state.on_sent(conn, pkid),
+                    MqttEvent::PublishAcked(pkid) => state.on_acked(conn, pkid),
                     _ => {}
                 },
                 LoopEvent::Disconnected(generation) if generation == p.generation => {
-                    p.connected = false;
+                    p.connected.iter_mut().for_each(|c| *c = false);
                     observability.health.mqtt_publisher_connected.store(false, Ordering::Relaxed);
                     state.rewind(&consumer);
                     p.drop_client();
@@ -154,7 +165,7 @@ pub async fn run(
                 observability.metrics.in_flight
                     .get_or_create(&vec![("direction", "kafka_to_mqtt".to_owned())])
                     .set(state.in_flight as i64);
-                if p.client.is_none() && p.reconnect_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                if p.clients.is_empty() && p.reconnect_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
                     p.start();
                 }
             }
@@ -172,33 +183,55 @@ pub async fn run(
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "final commit");
     }
-    if let Some(c) = &p.client {
+    for c in &p.clients {
         c.disconnect().await;
     }
-    if let Some(t) = p.loop_task.take() {
+    for t in p.loop_tasks.drain(..) {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
 }
 
-/// The MQTT publisher connection, rebuilt after every loss.
+/// The MQTT publisher connections, all rebuilt after the loss of any.
 struct Publisher {
     config: Arc<ValidatedConfig>,
     observability: Arc<Observability>,
     events_tx: UnboundedSender<LoopEvent>,
     fatal: UnboundedSender<BridgeError>,
     generation: u64,
-    client: Option<MqttClient>,
-    loop_task: Option<tokio::task::JoinHandle<()>>,
-    connected: bool,
+    connections: usize,
+    /// Empty while waiting to reconnect.
+    clients: Vec<MqttClient>,
+    loop_tasks: Vec<tokio::task::JoinHandle<()>>,
+    connected: Vec<bool>,
     backoff: Backoff,
     reconnect_at: Option<tokio::time::Instant>,
 }
 
 impl Publisher {
+    fn all_connected(&self) -> bool {
+        !self.connected.is_empty() && self.connected.iter().all(|c| *c)
+    }
+
+    /// The connection publishing the records of partition state `pi`.
+    fn client_for(&self, pi: usize) -> Option<(usize, &MqttClient)> {
+        let conn = pi % self.connections;
+        self.clients.get(conn).map(|c| (conn, c))
+    }
+
     fn start(&mut self) {
         self.generation += 1;
         self.reconnect_at = None;
-        let client_id = self.config.client_id("out");
+        self.connected = vec![false; self.connections];
+        for conn in 0..self.connections {
+            if !self.start_connection(conn) {
+                return;
+            }
+        }
+    }
+
+    /// Starts connection `conn`; false when it cannot be built (reported as fatal).
+    fn start_connection(&mut self, conn: usize) -> bool {
+        let client_id = self.config.client_id(format!("out-{conn}"));
         let built = mqtt_side::connect(
             &self.config,
             ConnectionKind {
@@ -217,7 +250,7 @@ impl Publisher {
             Ok(c) => c,
             Err(e) => {
                 let _ = self.fatal.send(e);
-                return;
+                return false;
             }
         };
         let generation = self.generation;
@@ -225,7 +258,7 @@ impl Publisher {
         let fatal = self.fatal.clone();
         let observability = self.observability.clone();
         let labels = metrics::connection("mqtt", &client_id);
-        self.loop_task = Some(tokio::spawn(async move {
+        self.loop_tasks.push(tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(MqttEvent::Other) => {}
@@ -237,7 +270,10 @@ impl Publisher {
                                 .get_or_create(&labels)
                                 .set(1);
                         }
-                        if events.send(LoopEvent::Mqtt(generation, event)).is_err() {
+                        if events
+                            .send(LoopEvent::Mqtt(generation, conn, event))
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -263,12 +299,13 @@ impl Publisher {
                 }
             }
         }));
-        self.client = Some(client);
+        self.clients.push(client);
+        true
     }
 
     fn drop_client(&mut self) {
-        self.client = None;
-        if let Some(t) = self.loop_task.take() {
+        self.clients.clear();
+        for t in self.loop_tasks.drain(..) {
             t.abort();
         }
     }
@@ -277,12 +314,12 @@ impl Publisher {
 struct State {
     partitions: Vec<PartitionState>,
     index: HashMap<PartitionKey, usize>,
-    /// Publishes handed to rumqttc, in order, waiting for their packet id.
-    sent_order: VecDeque<Token>,
-    /// Per packet id, oldest first: rumqttc hands a QoS 2 packet id out
-    /// again once PUBREC arrived, before its PUBCOMP, so one id can name two
-    /// publishes at once. The broker completes them in order.
-    by_pkid: HashMap<u16, VecDeque<Token>>,
+    /// Per connection, publishes handed to rumqttc, in order, waiting for their packet id.
+    sent_order: Vec<VecDeque<Token>>,
+    /// Per connection and packet id, oldest first: rumqttc hands a QoS 2
+    /// packet id out again once PUBREC arrived, before its PUBCOMP, so one id
+    /// can name two publishes at once. The broker completes them in order.
+    by_pkid: HashMap<(usize, u16), VecDeque<Token>>,
     in_flight: usize,
     /// Per route (index into the route table's Kafka→MQTT routes).
     counters: Vec<metrics::RouteCounters>,
@@ -346,11 +383,14 @@ impl State {
             }
             match disposition {
                 Disposition::Forward(plan) => {
-                    let Some(client) = &publisher.client else {
+                    let Some((conn, client)) = publisher.client_for(pi) else {
                         // Cannot happen while taking records; rewinding redelivers it.
                         continue;
                     };
-                    self.sent_order.push_back(Token {
+                    let Some(sent_order) = self.sent_order.get_mut(conn) else {
+                        continue;
+                    };
+                    sent_order.push_back(Token {
                         partition: pi,
                         route,
                         seq,
@@ -397,24 +437,27 @@ impl State {
         }
     }
 
-    fn on_sent(&mut self, pkid: u16) {
-        let Some(token) = self.sent_order.pop_front() else {
+    fn on_sent(&mut self, conn: usize, pkid: u16) {
+        let Some(token) = self.sent_order.get_mut(conn).and_then(VecDeque::pop_front) else {
             return;
         };
         if token.qos == 0 {
             self.complete(&token);
         } else {
-            self.by_pkid.entry(pkid).or_default().push_back(token);
+            self.by_pkid
+                .entry((conn, pkid))
+                .or_default()
+                .push_back(token);
         }
     }
 
-    fn on_acked(&mut self, pkid: u16) {
-        let Some(waiting) = self.by_pkid.get_mut(&pkid) else {
+    fn on_acked(&mut self, conn: usize, pkid: u16) {
+        let Some(waiting) = self.by_pkid.get_mut(&(conn, pkid)) else {
             return;
         };
         let token = waiting.pop_front();
         if waiting.is_empty() {
-            self.by_pkid.remove(&pkid);
+            self.by_pkid.remove(&(conn, pkid));
         }
         if let Some(token) = token {
             self.complete(&token);
@@ -486,7 +529,7 @@ impl State {
             }
             p.tracker.clear();
         }
-        self.sent_order.clear();
+        self.sent_order.iter_mut().for_each(VecDeque::clear);
         self.by_pkid.clear();
         self.in_flight = 0;
     }
@@ -532,7 +575,7 @@ mod tests {
         let mut state = State {
             partitions: Vec::new(),
             index: HashMap::new(),
-            sent_order: VecDeque::new(),
+            sent_order: vec![VecDeque::new(), VecDeque::new()],
             by_pkid: HashMap::new(),
             in_flight: 0,
             counters: vec![metrics::RouteCounters::default()],
@@ -540,7 +583,7 @@ mod tests {
         let pi = state.partition("t", 0);
         for offset in 0..records {
             let seq = state.partitions[pi].tracker.push(offset as i64, 1);
-            state.sent_order.push_back(Token {
+            state.sent_order[0].push_back(Token {
                 partition: pi,
                 route: 0,
                 seq,
@@ -556,19 +599,22 @@ mod tests {
     fn a_packet_id_reused_before_pubcomp_completes_each_publish_once() {
         let mut state = state_with(2);
         // Offset 0 goes out as packet 7; after its PUBREC rumqttc reuses 7 for offset 1.
-        state.on_sent(7);
-        state.on_sent(7);
-        // PUBCOMP of offset 0: only offset 0 is done.
-        state.on_acked(7);
+        state.on_sent(0, 7);
+        state.on_sent(0, 7);
+        // PUBCOMP of offset 0: only offset 0 is done; the same packet id on
+        // another connection is another publish.
+        state.on_acked(1, 7);
+        assert_eq!(state.in_flight, 2);
+        state.on_acked(0, 7);
         assert_eq!(state.partitions[0].tracker.release(), vec![0]);
         assert_eq!(state.in_flight, 1);
-        state.on_acked(7);
+        state.on_acked(0, 7);
         assert_eq!(state.partitions[0].tracker.release(), vec![1]);
         assert_eq!(state.in_flight, 0);
         assert!(state.by_pkid.is_empty());
         assert_eq!(state.counters[0].forwarded.get(), 2);
         // A stray acknowledgement changes nothing.
-        state.on_acked(7);
+        state.on_acked(0, 7);
         assert_eq!(state.in_flight, 0);
     }
 }

@@ -14,12 +14,17 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 /// Keyed records per number: `k<i % KEYS>`.
 const KEYS: u32 = 10;
 
-fn config(p: &str, qos: u8) -> String {
+/// `connections` publishing connections: the partitions are spread over them.
+fn config(p: &str, qos: u8, connections: u16) -> String {
     // A short session timeout: a SIGKILLed member otherwise holds its
     // partitions for librdkafka's default 45 s before the group rebalances.
     format!(
         "{}  properties:\n    session.timeout.ms: '6000'\n    heartbeat.interval.ms: '1000'\nroutes:\n  - name: out\n    kafkaToMqtt:\n      kafkaTopics: ['{p}']\n      mqttTopic: '{p}/{{key}}'\n      qos: {qos}\n",
-        common::plain_connections(p, "3.1.1")
+        common::plain_connections(p, "3.1.1").replacen(
+            "kafka:\n",
+            &format!("  connections: {connections}\nkafka:\n"),
+            1
+        )
     )
 }
 
@@ -169,8 +174,16 @@ async fn no_loss_kafka_to_mqtt_through_kills_and_server_restarts() {
     let p = testenv::unique_name("k2mnoloss");
     create_topics(&[&p], 4).await;
     let (_client, mut rx) = subscriber(&p, rumqttc::QoS::AtLeastOnce).await;
-    let mut bridge = Bridge::start(&p, &config(&p, 1));
+    // Two publishing connections: order per partition and no loss must hold
+    // while partitions are spread over connections that drop together.
+    let mut bridge = Bridge::start(&p, &config(&p, 1, 2));
     bridge.wait_ready(Duration::from_secs(30));
+    assert_eq!(
+        bridge.metric("bridge_connection_up{side=\"mqtt\""),
+        2.0,
+        "{}",
+        diagnostics(&bridge)
+    );
     let started = Instant::now();
     let producer = tokio::spawn(produce_numbered(p.clone(), COUNT, 2_500));
     let mut tally = Tally::new(COUNT);
@@ -243,7 +256,7 @@ async fn qos_2_kafka_to_mqtt() {
     let p = testenv::unique_name("k2mqos2");
     create_topics(&[&p], 2).await;
     let (_client, mut rx) = subscriber(&p, rumqttc::QoS::ExactlyOnce).await;
-    let mut bridge = Bridge::start(&p, &config(&p, 2));
+    let mut bridge = Bridge::start(&p, &config(&p, 2, 1));
     bridge.wait_ready(Duration::from_secs(30));
     produce_numbered(p.clone(), COUNT, 10_000).await;
     let mut tally = Tally::new(COUNT);

@@ -44,7 +44,10 @@ pub struct MqttSpec<S> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[^/+#]+$"))]
     pub shared_subscription_group: Option<String>,
-    /// MQTT connections per replica. Each connection has its own in-flight window at the broker.
+    /// MQTT connections per replica, in each direction. Each connection has its
+    /// own in-flight window at the broker: MQTT→Kafka subscribes on each (with a
+    /// shared subscription they split the messages), Kafka→MQTT publishes each
+    /// Kafka partition over one of them.
     #[serde(default = "default_connections")]
     #[schemars(range(min = 1, max = 64))]
     pub connections: u16,
