@@ -109,6 +109,9 @@ pub struct ProducerSettings {
     #[serde(default)]
     pub compression: Compression,
     /// How long the producer waits to fill a batch (librdkafka `linger.ms`).
+    /// Default 20: at 20,000 msg/s it cost 7 ms of median latency against 5 ms
+    /// and saved the bridge and the Kafka broker a sixth of their CPU, which
+    /// lowered the p99 on a busy machine (63 → 31 ms in the reference benchmark).
     #[serde(default = "default_linger_ms")]
     #[schemars(range(max = 60_000))]
     pub linger_ms: u32,
@@ -182,7 +185,7 @@ pub enum AutoOffsetReset {
 }
 
 fn default_linger_ms() -> u32 {
-    5
+    20
 }
 fn default_max_in_flight_records() -> u32 {
     10_000
