@@ -342,9 +342,10 @@ pub async fn peak(args: &Args, env: &Env, qos: u8) -> Result<()> {
         sub.qos = qos;
         sub.v5 = true;
         sub.connections = args.bridge_connections as usize;
-        if let Some(n) = args.bridge_receive_maximum {
-            sub.receive_maximum = n;
-        }
+        // The same window as the bridge's connections.
+        sub.receive_maximum = args
+            .bridge_receive_maximum
+            .unwrap_or(crds::DEFAULT_MQTT_RECEIVE_MAXIMUM);
         sub.client_id_prefix = format!("{id}-ceil-{i}");
         sub.account = false;
         let v = verify::mqtt(
@@ -411,7 +412,12 @@ pub async fn peak(args: &Args, env: &Env, qos: u8) -> Result<()> {
         .fold(0.0, f64::max);
     let ratio = if ceiling > 0.0 { peak / ceiling } else { 0.0 };
     print_steps(
-        "ceiling: plain subscriber (MQTT 5, Receive Maximum 1000), acknowledging only",
+        &format!(
+            "ceiling: plain subscriber (MQTT 5, Receive Maximum {}, {} connection(s)), acknowledging only",
+            args.bridge_receive_maximum
+                .unwrap_or(crds::DEFAULT_MQTT_RECEIVE_MAXIMUM),
+            args.bridge_connections
+        ),
         &ceiling_steps,
     );
     print_steps("bridge: MQTT -> Kafka", &bridge_steps);
