@@ -105,6 +105,31 @@ fn version_key(kind: &str, name: &str) -> String {
     format!("{kind}/{name}")
 }
 
+/// Adds the resourceVersion of `obj` as it is on the server (watch cache),
+/// if it exists there.
+async fn insert_resource_version<K>(
+    client: &Client,
+    namespace: &str,
+    obj: &K,
+    versions: &mut ChildVersions,
+) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let name = obj.name_any();
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    if let Some(live) = api.get_metadata_opt_with(&name, &GetParams::any()).await? {
+        versions.insert(
+            version_key(&K::kind(&()), &name),
+            live.resource_version().unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
 /// The versions of a bridge's children now on the server, read from the
 /// apiserver's watch cache; `deployments` are the bridge's slot Deployments
 /// as listed (surplus slots included, so that they make a difference).
@@ -115,28 +140,8 @@ pub async fn live_versions(
     deployments: &[Deployment],
 ) -> Result<ChildVersions> {
     let mut versions = ChildVersions::new();
-    let cm_name = children.config_map.name_any();
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    if let Some(cm) = cms
-        .get_metadata_opt_with(&cm_name, &GetParams::any())
-        .await?
-    {
-        versions.insert(
-            version_key("ConfigMap", &cm_name),
-            cm.resource_version().unwrap_or_default(),
-        );
-    }
-    let svc_name = children.service.name_any();
-    let svcs: Api<Service> = Api::namespaced(client.clone(), namespace);
-    if let Some(svc) = svcs
-        .get_metadata_opt_with(&svc_name, &GetParams::any())
-        .await?
-    {
-        versions.insert(
-            version_key("Service", &svc_name),
-            svc.resource_version().unwrap_or_default(),
-        );
-    }
+    insert_resource_version(client, namespace, &children.config_map, &mut versions).await?;
+    insert_resource_version(client, namespace, &children.service, &mut versions).await?;
     for d in deployments {
         versions.insert(
             version_key("Deployment", &d.name_any()),
@@ -180,12 +185,12 @@ pub async fn apply_children(
     let mut versions = ChildVersions::new();
     let cm = apply(client, namespace, &children.config_map).await?;
     versions.insert(
-        version_key("ConfigMap", &cm.name_any()),
+        version_key(&ConfigMap::kind(&()), &cm.name_any()),
         cm.resource_version().unwrap_or_default(),
     );
     let svc = apply(client, namespace, &children.service).await?;
     versions.insert(
-        version_key("Service", &svc.name_any()),
+        version_key(&Service::kind(&()), &svc.name_any()),
         svc.resource_version().unwrap_or_default(),
     );
     for d in &children.deployments {
