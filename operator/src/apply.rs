@@ -172,6 +172,28 @@ where
     Ok(api.patch(&name, &params, &Patch::Apply(obj)).await?)
 }
 
+/// Applies the metrics Service. One made by an earlier operator version has
+/// a ClusterIP, which cannot be changed to the headless `None`: such a
+/// Service is deleted and created again (only Prometheus scrapes it).
+async fn apply_service(client: &Client, namespace: &str, service: &Service) -> Result<Service> {
+    match apply(client, namespace, service).await {
+        Err(Error::Kube(kube::Error::Api(status)))
+            if status.code == 422 && status.message.contains("clusterIP") =>
+        {
+            let name = service.name_any();
+            tracing::info!(service = %name, "re-creating the metrics Service as headless");
+            let api: Api<Service> = Api::namespaced(client.clone(), namespace);
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+            apply(client, namespace, service).await
+        }
+        other => other,
+    }
+}
+
 /// Applies the ConfigMap and Service, then the slot Deployments (the pods
 /// mount the ConfigMap, so it goes first), and deletes the Deployments of
 /// slots beyond `replicas`. Returns the versions the applies left.
@@ -188,7 +210,7 @@ pub async fn apply_children(
         version_key(&ConfigMap::kind(&()), &cm.name_any()),
         cm.resource_version().unwrap_or_default(),
     );
-    let svc = apply(client, namespace, &children.service).await?;
+    let svc = apply_service(client, namespace, &children.service).await?;
     versions.insert(
         version_key(&Service::kind(&()), &svc.name_any()),
         svc.resource_version().unwrap_or_default(),

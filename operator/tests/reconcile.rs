@@ -381,6 +381,33 @@ async fn scale_keeps_slots_stable_and_unique() {
 }
 
 #[tokio::test]
+async fn a_metrics_service_with_a_cluster_ip_becomes_headless() {
+    let client = client().await;
+    let ns = namespace(&client, "headless").await;
+    let name = "current-sensor";
+    let svc_name = operator::build::service_name(name);
+    // As an earlier operator version left it: a ClusterIP Service.
+    let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+    svcs.create(
+        &Default::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": svc_name},
+            "spec": {"ports": [{"name": "metrics", "port": 8080}]}
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let op = Operator::start(client.clone(), &ns);
+    apply_bridge(&client, &ns, CURRENT).await;
+    wait_ready(&client, &ns, name, "True", "Available").await;
+    let svc = svcs.get(&svc_name).await.unwrap();
+    assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+    op.stop().await.unwrap();
+    drop_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
 async fn hand_edits_of_children_are_undone() {
     let client = client().await;
     let ns = namespace(&client, "drift").await;
