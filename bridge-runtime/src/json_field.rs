@@ -1,8 +1,9 @@
 //! One field of a JSON payload, read without building the whole document.
 //!
-//! A `jsonField` key is taken from every message; parsing each payload into
-//! a `serde_json::Value` tree only to read one string cost more of the
-//! bridge's CPU than the Kafka produce call. This walks the document once,
+//! A `jsonField` key and a `{field}` of a Kafka→MQTT topic template are read
+//! from every message; parsing each payload into a `serde_json::Value` tree
+//! only to read one string cost more of the bridge's CPU than the Kafka
+//! produce call. This walks the document once,
 //! keeps only the value at the path, and skips everything else — with the
 //! same answers as [`json_field_text`](crate::topic::json_field_text) on the
 //! parsed document (the whole payload is still checked to be JSON).

@@ -361,19 +361,12 @@ impl RouteTable {
         payload: &[u8],
         own: bool,
     ) -> Vec<(usize, Disposition<PublishPlan>)> {
-        let mut json: Option<Option<serde_json::Value>> = None;
         let mut out = Vec::new();
         for (i, route) in self.kafka_to_mqtt.iter().enumerate() {
             if !route.kafka_topics.iter().any(|t| t == topic) {
                 continue;
             }
-            let parsed = if route.mqtt_topic.needs_json() {
-                json.get_or_insert_with(|| serde_json::from_slice(payload).ok())
-                    .as_ref()
-            } else {
-                None
-            };
-            let disposition = match route.mqtt_topic.resolve(key, parsed) {
+            let disposition = match route.mqtt_topic.resolve(key, payload) {
                 Ok(mqtt_topic) if own && self.feeds_mqtt_routes(&mqtt_topic) => Disposition::Drop {
                     reason: OWN_MESSAGE,
                 },

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use crate::json_field::json_field_text_in;
+
 /// A parsed MQTT topic filter (`+` one level, `#` the remaining levels).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicFilter {
@@ -281,17 +283,9 @@ impl MqttTopicTemplate {
         Ok(Self { parts })
     }
 
-    /// Whether the template needs the payload as JSON.
-    pub fn needs_json(&self) -> bool {
-        self.parts.iter().any(|p| matches!(p, Part::Field(_)))
-    }
-
-    /// Fills in the key and payload fields. `json` is the parsed payload, if it is JSON.
-    pub fn resolve(
-        &self,
-        key: Option<&[u8]>,
-        json: Option<&serde_json::Value>,
-    ) -> Result<String, Unresolved> {
+    /// Fills in the key and the payload's fields (read from the JSON payload
+    /// only where the template names one).
+    pub fn resolve(&self, key: Option<&[u8]>, payload: &[u8]) -> Result<String, Unresolved> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -300,10 +294,7 @@ impl MqttTopicTemplate {
                     let key = key.ok_or(Unresolved::MissingKey)?;
                     out.push_str(&String::from_utf8_lossy(key));
                 }
-                Part::Field(path) => {
-                    let json = json.ok_or(Unresolved::PayloadNotJson)?;
-                    out.push_str(&json_field_text(json, path)?);
-                }
+                Part::Field(path) => out.push_str(&json_field_text_in(payload, path)?),
                 Part::Level(_) => {}
             }
         }
@@ -315,7 +306,9 @@ impl MqttTopicTemplate {
 }
 
 /// The text of a JSON field given by a dotted path: strings as they are,
-/// other values as JSON. Null or absent counts as missing.
+/// other values as JSON. Null or absent counts as missing. The reference the
+/// streaming [`json_field_text_in`] is tested against.
+#[cfg(test)]
 pub fn json_field_text(json: &serde_json::Value, path: &str) -> Result<String, Unresolved> {
     let mut value = json;
     for segment in path.split('.') {
@@ -412,27 +405,33 @@ mod tests {
     #[test]
     fn mqtt_topic_template() {
         let t = MqttTopicTemplate::parse("sensors/{device.id}/{key}").unwrap();
-        let json = serde_json::json!({"device": {"id": 7}});
-        assert_eq!(t.resolve(Some(b"k"), Some(&json)).unwrap(), "sensors/7/k");
-        assert_eq!(t.resolve(None, Some(&json)), Err(Unresolved::MissingKey));
-        assert_eq!(t.resolve(Some(b"k"), None), Err(Unresolved::PayloadNotJson));
-        let missing = serde_json::json!({"device": {}});
+        let json = br#"{"device": {"id": 7}}"#;
+        assert_eq!(t.resolve(Some(b"k"), json).unwrap(), "sensors/7/k");
+        assert_eq!(t.resolve(None, json), Err(Unresolved::MissingKey));
         assert_eq!(
-            t.resolve(Some(b"k"), Some(&missing)),
+            t.resolve(Some(b"k"), b"not json"),
+            Err(Unresolved::PayloadNotJson)
+        );
+        let missing = br#"{"device": {}}"#;
+        assert_eq!(
+            t.resolve(Some(b"k"), missing),
             Err(Unresolved::MissingField("device.id".into()))
         );
-        let wild = serde_json::json!({"device": {"id": "+"}});
+        let wild = br#"{"device": {"id": "+"}}"#;
         assert!(matches!(
-            t.resolve(Some(b"k"), Some(&wild)),
+            t.resolve(Some(b"k"), wild),
             Err(Unresolved::InvalidTopic(_))
         ));
         assert!(MqttTopicTemplate::parse("a/+/b").is_err());
         assert!(MqttTopicTemplate::parse("a/{}/b").is_err());
         assert!(MqttTopicTemplate::parse("a/{x..y}").is_err());
-        assert!(
-            !MqttTopicTemplate::parse("fixed/topic")
+        // A template without fields does not need a JSON payload.
+        assert_eq!(
+            MqttTopicTemplate::parse("fixed/topic")
                 .unwrap()
-                .needs_json()
+                .resolve(None, b"not json")
+                .unwrap(),
+            "fixed/topic"
         );
     }
 
