@@ -40,22 +40,7 @@ pub fn run(args: &[String]) -> Result<()> {
     dirs.extend(std::env::split_paths(&path));
     let path = std::env::join_paths(dirs).context("build PATH")?;
 
-    let status = paths::cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "bridge-runtime",
-            "-p",
-            "operator",
-            "-p",
-            "sensor-fleet",
-        ])
-        .status()
-        .context("run cargo build")?;
-    if !status.success() {
-        bail!("release build failed ({status})");
-    }
+    paths::cargo_build_release(&["bridge-runtime", "operator", "sensor-fleet"])?;
     let bin = paths::workspace().join("target/release/fleet-bench");
     let status = Command::new(&bin)
         .current_dir(paths::workspace())

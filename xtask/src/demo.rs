@@ -54,22 +54,7 @@ pub fn run(args: &[String]) -> Result<()> {
         3,
         "cargo build --release -p bridge-runtime -p operator -p e2e (a few minutes the first time)",
     );
-    let status = paths::cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "bridge-runtime",
-            "-p",
-            "operator",
-            "-p",
-            "e2e",
-        ])
-        .status()
-        .context("run cargo build")?;
-    if !status.success() {
-        bail!("cargo build --release failed ({status})");
-    }
+    paths::cargo_build_release(&["bridge-runtime", "operator", "e2e"])?;
 
     step(4, "operator, sample bridge, bridge pods and sensor fleet");
     demo(&demo_bin, "up", rest, &dir, &state)?;

@@ -44,12 +44,8 @@ pub fn run(opts: &Options) -> Result<()> {
     let bin_dir = match &opts.bin_dir {
         Some(dir) => dir.clone(),
         None => {
-            let mut cmd = paths::cargo();
-            cmd.args(["build", "--release"]);
-            for (_, krate, _) in IMAGES {
-                cmd.args(["-p", krate]);
-            }
-            run_cmd(&mut cmd, "cargo build --release")?;
+            let crates: Vec<&str> = IMAGES.iter().map(|(_, krate, _)| *krate).collect();
+            paths::cargo_build_release(&crates)?;
             workspace.join("target/release")
         }
     };

@@ -54,3 +54,21 @@ pub fn cargo() -> std::process::Command {
     }
     cmd
 }
+
+/// `cargo build --release -p <crate>…` for the workspace, failing on a failed build.
+pub fn cargo_build_release(crates: &[&str]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut cmd = cargo();
+    cmd.args(["build", "--release"]);
+    for krate in crates {
+        cmd.args(["-p", krate]);
+    }
+    let status = cmd.status().context("run cargo build")?;
+    if !status.success() {
+        anyhow::bail!(
+            "cargo build --release -p {} failed ({status})",
+            crates.join(" -p ")
+        );
+    }
+    Ok(())
+}
