@@ -285,13 +285,11 @@ pub fn mqtt_host_port(url: &str) -> (String, u16) {
     (h.to_owned(), p.trim_end_matches('/').parse().expect("port"))
 }
 
+/// What a test client's subscriptions deliver.
+pub type Received = tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>;
+
 /// An MQTT 3.1.1 client on the anonymous listener; its event loop runs in a task.
-pub async fn mqtt_client(
-    name: &str,
-) -> (
-    rumqttc::AsyncClient,
-    tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
-) {
+pub async fn mqtt_client(name: &str) -> (rumqttc::AsyncClient, Received) {
     mqtt_client_with_session(name, false).await
 }
 
@@ -303,10 +301,7 @@ pub async fn mqtt_client(
 pub async fn mqtt_client_with_session(
     name: &str,
     persistent: bool,
-) -> (
-    rumqttc::AsyncClient,
-    tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
-) {
+) -> (rumqttc::AsyncClient, Received) {
     mqtt_client_with_inflight(name, persistent, 1000).await
 }
 
@@ -317,10 +312,7 @@ pub async fn mqtt_client_with_inflight(
     name: &str,
     persistent: bool,
     inflight: u16,
-) -> (
-    rumqttc::AsyncClient,
-    tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
-) {
+) -> (rumqttc::AsyncClient, Received) {
     let (client, rx, _) = mqtt_client_counting_acks(name, persistent, inflight).await;
     (client, rx)
 }
@@ -335,7 +327,7 @@ pub async fn mqtt_client_counting_acks(
     inflight: u16,
 ) -> (
     rumqttc::AsyncClient,
-    tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+    Received,
     std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
     use std::sync::atomic::Ordering;
