@@ -195,14 +195,15 @@ async fn apply_service(client: &Client, namespace: &str, service: &Service) -> R
 }
 
 /// Applies the ConfigMap and Service, then the slot Deployments (the pods
-/// mount the ConfigMap, so it goes first), and deletes the Deployments of
-/// slots beyond `replicas`. Returns the versions the applies left.
+/// mount the ConfigMap, so it goes first), and deletes those of `existing`
+/// (the bridge's slot Deployments as listed) beyond `replicas`. Returns the
+/// versions the applies left.
 pub async fn apply_children(
     client: &Client,
     namespace: &str,
-    bridge_name: &str,
     bridge_uid: &str,
     children: &Children,
+    existing: &[Deployment],
 ) -> Result<ChildVersions> {
     let mut versions = ChildVersions::new();
     let cm = apply(client, namespace, &children.config_map).await?;
@@ -224,7 +225,7 @@ pub async fn apply_children(
     }
     let desired = children.deployments.len();
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    for d in slot_deployments(&api, bridge_name).await? {
+    for d in existing {
         let slot = d
             .labels()
             .get(SLOT_LABEL)

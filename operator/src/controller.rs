@@ -93,6 +93,10 @@ async fn reconcile_inner(
         Ok(secrets) => validate(&bridge.spec).map(|()| secrets),
         Err(e) => Err(e),
     };
+    let deployments_api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    // The slot Deployments as listed, still current for the status unless
+    // this reconcile applied something.
+    let mut listed = None;
     let user_error = match outcome {
         Ok(secrets) => {
             let children = build::build(bridge, &secrets, &ctx.settings)?;
@@ -100,11 +104,12 @@ async fn reconcile_inner(
                 .uid()
                 .ok_or_else(|| Error::missing(bridge, "metadata.uid"))?;
             let hash = children_hash(&children);
-            let deployments_api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-            let listed = slot_deployments(&deployments_api, &name).await?;
-            let live = live_versions(client, &ns, &children, &listed).await?;
-            if !hash.is_some_and(|h| ctx.applied.is_current(&uid, h, &live)) {
-                let versions = apply_children(client, &ns, &name, &uid, &children).await?;
+            let existing = slot_deployments(&deployments_api, &name).await?;
+            let live = live_versions(client, &ns, &children, &existing).await?;
+            if hash.is_some_and(|h| ctx.applied.is_current(&uid, h, &live)) {
+                listed = Some(existing);
+            } else {
+                let versions = apply_children(client, &ns, &uid, &children, &existing).await?;
                 if let Some(h) = hash {
                     ctx.applied.record(&uid, h, versions);
                 }
@@ -115,8 +120,10 @@ async fn reconcile_inner(
         Err(e) => return Err(e),
     };
 
-    let deployments_api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let deployments = slot_deployments(&deployments_api, &name).await?;
+    let deployments = match listed {
+        Some(d) => d,
+        None => slot_deployments(&deployments_api, &name).await?,
+    };
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let pods = pods_api
         .list(
