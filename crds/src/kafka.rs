@@ -129,6 +129,14 @@ pub struct ProducerSettings {
     #[serde(default = "default_delivery_timeout_ms")]
     #[schemars(range(min = 1000, max = 2_147_483_647))]
     pub delivery_timeout_ms: u32,
+    /// Largest record the bridge produces, in bytes (librdkafka
+    /// `message.max.bytes`; keep it at or below the topics' `max.message.bytes`).
+    /// A larger record is undeliverable: it goes to the route's dead-letter
+    /// topic (payload cut to fit, `x-bridge-error: too_large`) or is dropped
+    /// and counted — never retried, never blocking the messages behind it.
+    #[serde(default = "default_max_message_bytes")]
+    #[schemars(range(min = 1000, max = 1_000_000_000))]
+    pub max_message_bytes: u32,
 }
 
 impl Default for ProducerSettings {
@@ -139,6 +147,7 @@ impl Default for ProducerSettings {
             max_in_flight_records: default_max_in_flight_records(),
             queue_max_kbytes: default_queue_max_kbytes(),
             delivery_timeout_ms: default_delivery_timeout_ms(),
+            max_message_bytes: default_max_message_bytes(),
         }
     }
 }
@@ -195,4 +204,7 @@ fn default_queue_max_kbytes() -> u32 {
 }
 fn default_delivery_timeout_ms() -> u32 {
     120_000
+}
+fn default_max_message_bytes() -> u32 {
+    1_000_000
 }

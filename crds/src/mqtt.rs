@@ -57,6 +57,16 @@ pub struct MqttSpec<S> {
     /// How the bridge authenticates to the broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<MqttAuthentication<S>>,
+    /// Largest MQTT packet the bridge carries, in bytes. A received message
+    /// larger than this, or a Kafka record whose publish would be larger than
+    /// this or than the Maximum Packet Size the broker announced (MQTT 5), is
+    /// undeliverable: it goes to the route's dead-letter topic (payload cut to
+    /// fit, `x-bridge-error: too_large`) or is dropped and counted. The bridge
+    /// itself accepts packets up to MQTT's maximum either way, so an oversized
+    /// message never breaks the connection. Absent: only the broker's limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 128, max = 268_435_455))]
+    pub max_packet_bytes: Option<u32>,
 }
 
 /// MQTT protocol version.

@@ -90,6 +90,7 @@ fn mqtt(m: &MqttSpec<SecretKeyRef>) -> MqttSpec<SecretSource> {
             username: a.username.clone(),
             password_secret: file(&a.password_secret),
         }),
+        max_packet_bytes: m.max_packet_bytes,
     }
 }
 
