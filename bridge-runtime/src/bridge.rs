@@ -121,6 +121,7 @@ pub async fn run(config: Arc<ValidatedConfig>) -> Result<(), BridgeError> {
         kafka_side::context(
             mqtt_report_tx,
             Some(k2m_report_tx),
+            None,
             observability.clone(),
             fatal_tx.clone(),
         ),
@@ -177,14 +178,22 @@ pub async fn run(config: Arc<ValidatedConfig>) -> Result<(), BridgeError> {
         )));
     }
     if has_k2m {
+        let (rebalance_tx, rebalance_rx) = mpsc::unbounded_channel();
         let consumer = kafka_side::consumer(
             &config,
-            kafka_side::context(Vec::new(), None, observability.clone(), fatal_tx.clone()),
+            kafka_side::context(
+                Vec::new(),
+                None,
+                Some(rebalance_tx),
+                observability.clone(),
+                fatal_tx.clone(),
+            ),
         )?;
         tasks.push(tokio::spawn(kafka_to_mqtt::run(
             config.clone(),
             m2k_connections,
             consumer,
+            rebalance_rx,
             producer.clone(),
             k2m_report_rx,
             observability.clone(),

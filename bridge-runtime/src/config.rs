@@ -169,6 +169,7 @@ const MANAGED_PROPERTIES: &[&str] = &[
     "compression.type",
     "compression.codec",
     "linger.ms",
+    "message.max.bytes",
 ];
 
 /// Checks every field and reads the secrets.

@@ -31,6 +31,10 @@ pub struct PendingRecord {
     pub epoch: u64,
     /// Ack-tracker sequence number; `None` for untracked (QoS 0) messages.
     pub seq: Option<u64>,
+    /// Arrival number within its pipeline: held records are sent again in this order.
+    pub order: u64,
+    /// Kafka→MQTT dead letters: the partition (state index) the record came from.
+    pub partition: Option<usize>,
     /// Index of the route (in its direction's list).
     pub route: usize,
     /// Whether this is a dead-letter record.
@@ -67,10 +71,20 @@ pub struct DeliveryReport {
     pub result: Result<(), KafkaError>,
 }
 
+/// A consumer group rebalance, as the Kafka→MQTT pipeline must hear of it.
+#[derive(Debug)]
+pub enum Rebalance {
+    /// These partitions are no longer ours: forget their state.
+    Revoked(Vec<(String, i32)>),
+    /// These partitions are ours now.
+    Assigned(Vec<(String, i32)>),
+}
+
 /// Routes delivery reports to their owners and watches client errors.
 pub struct BridgeKafkaContext {
     mqtt_owners: Vec<UnboundedSender<DeliveryReport>>,
     k2m_owner: Option<UnboundedSender<DeliveryReport>>,
+    rebalances: Option<UnboundedSender<Rebalance>>,
     observability: Arc<Observability>,
     fatal: UnboundedSender<BridgeError>,
 }
@@ -83,6 +97,13 @@ impl ClientContext for BridgeKafkaContext {
                 let _ = self
                     .fatal
                     .send(BridgeError::KafkaAuthentication(reason.to_owned()));
+            }
+            // The idempotent producer cannot go on (e.g. its sequence numbers
+            // broke): restart; unacknowledged messages are redelivered.
+            Some(RDKafkaErrorCode::Fatal) => {
+                let _ = self
+                    .fatal
+                    .send(BridgeError::Kafka(format!("fatal producer error: {reason}")));
             }
             Some(RDKafkaErrorCode::AllBrokersDown) => {
                 self.observability
@@ -129,7 +150,44 @@ impl ProducerContext for BridgeKafkaContext {
     }
 }
 
-impl ConsumerContext for BridgeKafkaContext {}
+/// The partitions of a rebalance as (topic, partition) pairs.
+fn partitions_of(list: &rdkafka::TopicPartitionList) -> Vec<(String, i32)> {
+    list.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for BridgeKafkaContext {
+    // Runs inside the consumer's poll, before librdkafka revokes: the
+    // pipeline hears of it before it sees any record of the next assignment.
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let (Some(tx), rdkafka::consumer::Rebalance::Revoke(list)) = (&self.rebalances, rebalance)
+        {
+            let partitions = partitions_of(list);
+            self.observability
+                .metrics
+                .partitions_revoked
+                .inc_by(partitions.len() as u64);
+            let _ = tx.send(Rebalance::Revoked(partitions));
+        }
+    }
+
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let (Some(tx), rdkafka::consumer::Rebalance::Assign(list)) = (&self.rebalances, rebalance)
+        {
+            let _ = tx.send(Rebalance::Assigned(partitions_of(list)));
+        }
+    }
+}
 
 /// The producer shared by every pipeline.
 pub type BridgeProducer = ThreadedProducer<BridgeKafkaContext>;
@@ -187,12 +245,14 @@ pub fn base_config(config: &ValidatedConfig) -> ClientConfig {
 pub fn context(
     mqtt_owners: Vec<UnboundedSender<DeliveryReport>>,
     k2m_owner: Option<UnboundedSender<DeliveryReport>>,
+    rebalances: Option<UnboundedSender<Rebalance>>,
     observability: Arc<Observability>,
     fatal: UnboundedSender<BridgeError>,
 ) -> BridgeKafkaContext {
     BridgeKafkaContext {
         mqtt_owners,
         k2m_owner,
+        rebalances,
         observability,
         fatal,
     }
@@ -223,7 +283,8 @@ pub fn producer(
             p.max_in_flight_records.to_string(),
         )
         .set("queue.buffering.max.kbytes", p.queue_max_kbytes.to_string())
-        .set("delivery.timeout.ms", p.delivery_timeout_ms.to_string());
+        .set("delivery.timeout.ms", p.delivery_timeout_ms.to_string())
+        .set("message.max.bytes", p.max_message_bytes.to_string());
     c.create_with_context(context)
         .map_err(|e| BridgeError::Kafka(format!("creating the producer: {e}")))
 }
@@ -284,20 +345,6 @@ pub fn send(
         base = base.key(k.as_slice());
     }
     producer.send(base).map_err(|(e, r)| (e, r.delivery_opaque))
-}
-
-/// Whether a delivery error can never succeed by retrying.
-pub fn is_permanent(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::InvalidRecord
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::InvalidTopic
-        )
-    )
 }
 
 /// Asks Kafka for metadata and checks that `topics` exist; sets the

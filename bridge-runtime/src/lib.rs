@@ -5,13 +5,15 @@
 //! [`json_field`] keys) →
 //! [`mqtt_side`] / [`kafka_side`] (the clients) → [`mqtt_to_kafka`] /
 //! [`kafka_to_mqtt`] (the pipelines) with [`ack_tracker`] releasing
-//! acknowledgements and commits in order. [`metrics`], [`http`] and
+//! acknowledgements and commits in order, [`delivery`] judging what a side
+//! did not take and [`retry_queue`] holding it for a retry. [`metrics`], [`http`] and
 //! [`bridge`] (start, run, drain) around it.
 
 pub mod ack_tracker;
 pub mod bridge;
 pub mod check;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod http;
 pub mod json_field;
@@ -20,6 +22,7 @@ pub mod kafka_to_mqtt;
 pub mod metrics;
 pub mod mqtt_side;
 pub mod mqtt_to_kafka;
+pub mod retry_queue;
 pub mod routes;
 pub mod topic;
 

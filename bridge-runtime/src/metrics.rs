@@ -1,7 +1,8 @@
 //! Prometheus metrics and the health state `/healthz` and `/readyz` report.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::text::encode;
@@ -43,6 +44,10 @@ pub struct Metrics {
     pub connection_up: Family<Labels, Gauge>,
     /// Age in seconds of the oldest message whose acknowledgement is held back, per connection.
     pub ack_held_back_seconds: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Messages a side refused or failed to take, held for a retry, per connection.
+    pub held_for_retry: Family<Labels, Gauge>,
+    /// Kafka partitions taken away from this bridge by a consumer group rebalance.
+    pub partitions_revoked: Counter,
 }
 
 impl Metrics {
@@ -61,6 +66,8 @@ impl Metrics {
         let reconnects = Family::<Labels, Counter>::default();
         let connection_up = Family::<Labels, Gauge>::default();
         let ack_held_back_seconds = Family::default();
+        let held_for_retry = Family::<Labels, Gauge>::default();
+        let partitions_revoked = Counter::default();
         registry.register("messages_received", "Messages received", received.clone());
         registry.register(
             "messages_forwarded",
@@ -104,6 +111,16 @@ impl Metrics {
             "Age of the oldest unacknowledged message",
             ack_held_back_seconds.clone(),
         );
+        registry.register(
+            "held_for_retry_messages",
+            "Messages a side refused or failed to take, held for a retry",
+            held_for_retry.clone(),
+        );
+        registry.register(
+            "kafka_partitions_revoked",
+            "Kafka partitions taken away by a consumer group rebalance",
+            partitions_revoked.clone(),
+        );
         Self {
             registry,
             received,
@@ -117,6 +134,8 @@ impl Metrics {
             reconnects,
             connection_up,
             ack_held_back_seconds,
+            held_for_retry,
+            partitions_revoked,
         }
     }
 
@@ -182,6 +201,37 @@ pub struct Health {
     pub topics_exist: AtomicBool,
     /// Milliseconds since start at which each loop last turned.
     heartbeats: Vec<AtomicU64>,
+    /// Per pipeline (e.g. `mqtt-0`, `kafka-to-mqtt`), what refuses its messages.
+    refusals: Mutex<BTreeMap<String, Vec<Refusal>>>,
+}
+
+/// A destination refusing a route's messages until someone fixes something
+/// (an ACL, a missing topic, a quota); `/readyz` lists them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The route.
+    pub route: String,
+    /// The destination, e.g. ``Kafka topic `sensors.s7` ``.
+    pub target: String,
+    /// The reason label (`kafka_topic_authorization_failed`, …).
+    pub reason: &'static str,
+    /// Since when.
+    pub since: Instant,
+    /// Messages held for it.
+    pub held: usize,
+}
+
+impl Refusal {
+    fn describe(&self) -> String {
+        format!(
+            "route {}: {} refuses messages ({}) for {} s, {} held",
+            self.route,
+            self.target,
+            self.reason,
+            self.since.elapsed().as_secs(),
+            self.held
+        )
+    }
 }
 
 impl Health {
@@ -194,6 +244,18 @@ impl Health {
             kafka_reachable: AtomicBool::new(false),
             topics_exist: AtomicBool::new(false),
             heartbeats: (0..loops).map(|_| AtomicU64::new(0)).collect(),
+            refusals: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Replaces what pipeline `owner` reports as refusing its messages.
+    pub fn set_refusals(&self, owner: &str, refusals: Vec<Refusal>) {
+        if let Ok(mut map) = self.refusals.lock() {
+            if refusals.is_empty() {
+                map.remove(owner);
+            } else {
+                map.insert(owner.to_owned(), refusals);
+            }
         }
     }
 
@@ -213,7 +275,15 @@ impl Health {
     }
 
     /// What is not ready, empty when ready.
-    pub fn not_ready(&self) -> Vec<&'static str> {
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.not_connected().into_iter().map(str::to_owned).collect();
+        if let Ok(map) = self.refusals.lock() {
+            out.extend(map.values().flatten().map(Refusal::describe));
+        }
+        out
+    }
+
+    fn not_connected(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
         if !self
             .mqtt_subscribed
@@ -285,6 +355,22 @@ mod tests {
         }
         h.kafka_reachable.store(true, Ordering::Relaxed);
         h.topics_exist.store(true, Ordering::Relaxed);
+        assert!(h.not_ready().is_empty());
+        h.set_refusals(
+            "mqtt-0",
+            vec![Refusal {
+                route: "in".into(),
+                target: "Kafka topic `t`".into(),
+                reason: "kafka_topic_authorization_failed",
+                since: Instant::now(),
+                held: 3,
+            }],
+        );
+        assert_eq!(
+            h.not_ready(),
+            vec!["route in: Kafka topic `t` refuses messages (kafka_topic_authorization_failed) for 0 s, 3 held"]
+        );
+        h.set_refusals("mqtt-0", Vec::new());
         assert!(h.not_ready().is_empty());
         h.beat(0);
         assert!(h.alive(Duration::from_secs(1)));

@@ -10,11 +10,17 @@ use rumqttc::v5::mqttbytes::v5 as m5;
 use rumqttc::{TlsConfiguration, Transport};
 
 use crate::config::ValidatedConfig;
+use crate::delivery::{self, Verdict};
 use crate::error::BridgeError;
 use crate::routes::ORIGIN_HEADER;
 
-/// Largest MQTT packet accepted or sent (rumqttc's default is only 10 KiB).
-pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
+/// MQTT's own largest packet. The bridge accepts packets up to this size
+/// whatever `mqtt.maxPacketBytes` says (rumqttc's default is only 10 KiB):
+/// a packet above the client's limit is a connection error, and the
+/// persistent session would redeliver it after every reconnect, jamming the
+/// connection. Larger-than-configured messages are judged by the pipeline
+/// instead (dead-lettered or dropped and counted).
+pub const MQTT_MAX_PACKET_BYTES: usize = 268_435_455;
 
 /// A PUBLISH received from the broker.
 #[derive(Clone, Debug)]
@@ -39,13 +45,21 @@ pub struct IncomingPublish {
 #[derive(Debug)]
 pub enum MqttEvent {
     /// CONNACK received.
-    Connected,
+    Connected {
+        /// The broker resumed our session (its subscriptions exist).
+        session_present: bool,
+        /// The broker's Maximum Packet Size (MQTT 5), if it announced one.
+        max_packet_size: Option<u32>,
+    },
     /// A message arrived.
     Publish(IncomingPublish),
     /// Our PUBLISH with this packet id went out (0 for QoS 0).
     PublishSent(u16),
     /// The broker acknowledged our QoS 1 (PUBACK) or QoS 2 (PUBCOMP) publish.
     PublishAcked(u16),
+    /// The broker refused our publish (MQTT 5 PUBACK or PUBREC with a
+    /// failure reason code): the message was not taken.
+    PublishRefused(u16, Verdict),
     /// SUBACK: whether every filter was granted.
     Subscribed(bool),
     /// Anything else (pings, …).
@@ -128,7 +142,7 @@ pub fn connect(
                 .set_keep_alive(keep_alive)
                 .set_clean_session(!kind.persistent)
                 .set_manual_acks(kind.manual_acks)
-                .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+                .set_max_packet_size(MQTT_MAX_PACKET_BYTES, MQTT_MAX_PACKET_BYTES)
                 .set_inflight(kind.outgoing_inflight);
             if let Some((u, p)) = credentials {
                 o.set_credentials(u, p);
@@ -147,7 +161,7 @@ pub fn connect(
                 .set_keep_alive(keep_alive)
                 .set_clean_start(!kind.persistent)
                 .set_manual_acks(kind.manual_acks)
-                .set_max_packet_size(Some(MAX_PACKET_BYTES as u32))
+                .set_max_packet_size(Some(MQTT_MAX_PACKET_BYTES as u32))
                 .set_receive_maximum(Some(config.config.mqtt_receive_maximum));
             if kind.persistent {
                 o.set_session_expiry_interval(Some(mqtt.session_expiry_seconds));
@@ -195,7 +209,10 @@ impl MqttEventLoop {
             Self::V4(el) => {
                 use rumqttc::{ConnectReturnCode as C, ConnectionError, Event, Incoming, Outgoing};
                 match el.poll().await {
-                    Ok(Event::Incoming(Incoming::ConnAck(_))) => Ok(MqttEvent::Connected),
+                    Ok(Event::Incoming(Incoming::ConnAck(c))) => Ok(MqttEvent::Connected {
+                        session_present: c.session_present,
+                        max_packet_size: None,
+                    }),
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
                         Ok(MqttEvent::Publish(IncomingPublish {
                             topic: p.topic,
@@ -231,7 +248,10 @@ impl MqttEventLoop {
                 use rumqttc::Outgoing;
                 use rumqttc::v5::{ConnectionError, Event, Incoming};
                 match el.poll().await {
-                    Ok(Event::Incoming(Incoming::ConnAck(_))) => Ok(MqttEvent::Connected),
+                    Ok(Event::Incoming(Incoming::ConnAck(c))) => Ok(MqttEvent::Connected {
+                        session_present: c.session_present,
+                        max_packet_size: c.properties.and_then(|p| p.max_packet_size),
+                    }),
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
                         let (user_properties, content_type) = p
                             .properties
@@ -247,7 +267,21 @@ impl MqttEventLoop {
                             content_type,
                         }))
                     }
-                    Ok(Event::Incoming(Incoming::PubAck(a))) => Ok(MqttEvent::PublishAcked(a.pkid)),
+                    // rumqttc reports a refusing PUBACK like any other: the
+                    // reason code says whether the broker took the message.
+                    Ok(Event::Incoming(Incoming::PubAck(a))) => {
+                        Ok(match delivery::classify_mqtt_reason(puback_code(a.reason)) {
+                            None => MqttEvent::PublishAcked(a.pkid),
+                            Some(v) => MqttEvent::PublishRefused(a.pkid, v),
+                        })
+                    }
+                    // A refusing PUBREC ends the QoS 2 flow: no PUBCOMP follows.
+                    Ok(Event::Incoming(Incoming::PubRec(r))) => {
+                        Ok(match delivery::classify_mqtt_reason(pubrec_code(r.reason)) {
+                            None => MqttEvent::Other,
+                            Some(v) => MqttEvent::PublishRefused(r.pkid, v),
+                        })
+                    }
                     Ok(Event::Incoming(Incoming::PubComp(a))) => {
                         Ok(MqttEvent::PublishAcked(a.pkid))
                     }
@@ -271,6 +305,38 @@ impl MqttEventLoop {
                 }
             }
         }
+    }
+}
+
+/// The wire value of a PUBACK reason (rumqttc's enum has no such numbers).
+fn puback_code(reason: m5::PubAckReason) -> u8 {
+    use m5::PubAckReason as R;
+    match reason {
+        R::Success => 0x00,
+        R::NoMatchingSubscribers => 0x10,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicNameInvalid => 0x90,
+        R::PacketIdentifierInUse => 0x91,
+        R::QuotaExceeded => 0x97,
+        R::PayloadFormatInvalid => 0x99,
+    }
+}
+
+/// The wire value of a PUBREC reason.
+fn pubrec_code(reason: m5::PubRecReason) -> u8 {
+    use m5::PubRecReason as R;
+    match reason {
+        R::Success => 0x00,
+        R::NoMatchingSubscribers => 0x10,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicNameInvalid => 0x90,
+        R::PacketIdentifierInUse => 0x91,
+        R::QuotaExceeded => 0x97,
+        R::PayloadFormatInvalid => 0x99,
     }
 }
 
@@ -307,18 +373,27 @@ impl MqttClient {
         }
     }
 
-    /// Subscribes to a filter.
+    /// Subscribes to a filter. Over MQTT 5 with Retain Handling 1: the
+    /// broker sends retained messages only when the subscription is new, not
+    /// again on every reconnect of a resumed session (they would reach Kafka
+    /// once per reconnect).
     pub async fn subscribe(&self, filter: &str, qos: u8) -> Result<(), String> {
         match self {
             Self::V4(c) => c
                 .subscribe(filter, qos4(qos))
                 .await
                 .map_err(|e| e.to_string()),
-            Self::V5(c) => c
-                .subscribe(filter, qos5(qos))
-                .await
-                .map_err(|e| e.to_string()),
+            Self::V5(c) => {
+                let mut f = m5::Filter::new(filter, qos5(qos));
+                f.retain_forward_rule = m5::RetainForwardRule::OnNewSubscribe;
+                c.subscribe_many([f]).await.map_err(|e| e.to_string())
+            }
         }
+    }
+
+    /// Whether this connection speaks MQTT 5.
+    pub fn is_v5(&self) -> bool {
+        matches!(self, Self::V5(_))
     }
 
     /// Publishes; MQTT 5 publishes carry the loop-prevention user property.
@@ -356,15 +431,19 @@ impl MqttClient {
     }
 }
 
-/// Capped exponential backoff for reconnects: 100 ms doubling up to 30 s.
+/// Capped exponential backoff with jitter for reconnects: from 100 ms,
+/// doubling, up to 30 s; the jitter keeps many bridge pods from
+/// reconnecting to a restarted broker in lockstep.
 #[derive(Debug)]
 pub struct Backoff {
-    next: Duration,
+    delays: backon::ExponentialBackoff,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { next: Self::FIRST }
+        Self {
+            delays: Self::delays(),
+        }
     }
 }
 
@@ -372,16 +451,24 @@ impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
     const CAP: Duration = Duration::from_secs(30);
 
-    /// The delay before the next attempt; doubles each time up to the cap.
+    fn delays() -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Self::FIRST)
+            .with_max_delay(Self::CAP)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// The delay before the next attempt.
     pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(Self::CAP);
-        d
+        self.delays.next().unwrap_or(Self::CAP)
     }
 
     /// A connection succeeded.
     pub fn reset(&mut self) {
-        self.next = Self::FIRST;
+        self.delays = Self::delays();
     }
 }
 
@@ -392,11 +479,12 @@ mod tests {
     #[test]
     fn backoff_doubles_and_caps() {
         let mut b = Backoff::default();
-        let delays: Vec<_> = (0..12).map(|_| b.next_delay()).collect();
-        assert_eq!(delays[0], Duration::from_millis(100));
-        assert_eq!(delays[1], Duration::from_millis(200));
-        assert_eq!(delays[11], Duration::from_secs(30));
+        let delays: Vec<_> = (0..14).map(|_| b.next_delay()).collect();
+        // Jitter adds up to the delay itself.
+        assert!(delays[0] >= Duration::from_millis(100) && delays[0] <= Duration::from_millis(200));
+        assert!(delays[1] >= Duration::from_millis(200) && delays[1] <= Duration::from_millis(400));
+        assert!(delays[13] >= Duration::from_secs(30) && delays[13] <= Duration::from_secs(60));
         b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(100));
+        assert!(b.next_delay() <= Duration::from_millis(200));
     }
 }

@@ -1,12 +1,27 @@
 //! MQTT→Kafka, one instance per MQTT connection.
 //!
-//! A QoS 1/2 message is acknowledged to the broker only after Kafka
-//! confirmed every record it became (acks=all), and acknowledgements leave
-//! in arrival order through an [`AckTracker`]. Thousands of records are in
-//! flight at once; the broker's in-flight window (MQTT 5 Receive Maximum,
-//! Mosquitto `max_inflight_messages` for 3.1.1) and the producer's bounded
-//! queue are the backpressure. After a reconnect everything not yet
-//! acknowledged is forgotten: the persistent session redelivers it.
+//! A QoS 1/2 message is acknowledged to the broker only after Kafka — or the
+//! route's dead-letter topic — holds every record it became (acks=all), and
+//! acknowledgements leave in arrival order through an [`AckTracker`].
+//! Thousands of records are in flight at once; the broker's in-flight window
+//! (MQTT 5 Receive Maximum, Mosquitto `max_inflight_messages` for 3.1.1) and
+//! the producer's bounded queue are the backpressure. After a reconnect
+//! everything not yet acknowledged is forgotten: the persistent session
+//! redelivers it.
+//!
+//! What Kafka does not take is judged by [`delivery::classify_kafka`]:
+//! undeliverable records go to the dead-letter topic (or are dropped and
+//! counted), refused and failed ones are held per topic in a [`RetryQueue`]
+//! and sent again in arrival order. While a topic holds records, later
+//! records for it queue behind them (per-key order); other topics flow. A
+//! held message still holds back the acknowledgements of the messages that
+//! arrived after it on the same connection (MQTT wants PUBACKs in order), so
+//! other topics' traffic keeps flowing into Kafka until the connection's
+//! in-flight window (Receive Maximum) is full of messages waiting behind it.
+//!
+//! The loop never blocks: a full producer queue parks the record and stops
+//! taking MQTT messages until delivery reports free room, while the loop
+//! keeps turning (heartbeat, reports, retries) — backpressure is not a hang.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,13 +33,19 @@ use tokio::sync::watch;
 
 use crate::ack_tracker::AckTracker;
 use crate::config::ValidatedConfig;
+use crate::delivery::{self, LogEvery, TOO_LARGE, Verdict};
 use crate::error::BridgeError;
 use crate::kafka_side::{self, BridgeProducer, DeliveryReport, Owner, PendingRecord};
-use crate::metrics::{self, Observability};
+use crate::metrics::{self, Observability, Refusal};
 use crate::mqtt_side::{
     self, Backoff, ConnectionKind, IncomingPublish, MqttClient, MqttEvent, MqttEventLoop, PollError,
 };
-use crate::routes::{Disposition, MqttMessage, ORIGIN_HEADER};
+use crate::retry_queue::RetryQueue;
+use crate::routes::{Disposition, MqttMessage, ORIGIN_HEADER, dead_letter_headers};
+
+/// Metric reason of a retained message the broker sent again because a
+/// resumed MQTT 3.1.1 session re-subscribed (it reached Kafka before).
+pub const RETAINED_REPLAY: &str = "retained_replay";
 
 /// A message waiting for Kafka before its acknowledgement.
 #[derive(Debug)]
@@ -77,28 +98,12 @@ pub async fn run(
         client_id.clone(),
         fatal,
     ));
-    let mut pipeline = Pipeline {
-        config: config.clone(),
-        index,
-        client,
-        producer,
-        observability: observability.clone(),
-        tracker: AckTracker::new(),
-        epoch: 0,
-        retries: VecDeque::new(),
-        conn_labels: metrics::connection("mqtt", &client_id),
-        counters: config
-            .routes
-            .mqtt_to_kafka
-            .iter()
-            .map(|r| observability.metrics.route_counters(&r.name))
-            .collect(),
-        forward_latency: observability.metrics.forward_latency_of("mqtt_to_kafka"),
-    };
+    let mut pipeline = Pipeline::new(config.clone(), index, client, producer, observability.clone());
     let grace = Duration::from_secs(u64::from(config.config.shutdown_grace_period_seconds));
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
+        let taking = pipeline.can_take();
         tokio::select! {
             biased;
             Some(report) = reports.recv() => {
@@ -106,18 +111,19 @@ pub async fn run(
                 while let Ok(r) = reports.try_recv() {
                     pipeline.on_report(r);
                 }
+                pipeline.send_parked();
                 pipeline.release_acks().await;
             }
-            Some(event) = events.recv() => {
+            Some(event) = events.recv(), if taking => {
                 match event {
                     LoopEvent::Mqtt(MqttEvent::Publish(p)) => {
                         if drain_deadline.is_none() {
-                            pipeline.on_publish(p, &mut reports).await;
+                            pipeline.on_publish(p).await;
                         }
                     }
-                    LoopEvent::Mqtt(MqttEvent::Connected) => {
+                    LoopEvent::Mqtt(MqttEvent::Connected { session_present, .. }) => {
                         if drain_deadline.is_none() {
-                            pipeline.on_connected().await;
+                            pipeline.on_connected(session_present).await;
                         }
                     }
                     LoopEvent::Mqtt(MqttEvent::Subscribed(ok)) => {
@@ -132,7 +138,9 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 observability.health.beat(heartbeat);
-                pipeline.resend_due(&mut reports).await;
+                pipeline.send_parked();
+                pipeline.resend_due();
+                pipeline.release_acks().await;
                 pipeline.update_gauges();
             }
             _ = shutdown.changed(), if drain_deadline.is_none() => {
@@ -172,7 +180,7 @@ async fn poll_loop(
         match eventloop.poll().await {
             Ok(MqttEvent::Other) => {}
             Ok(event) => {
-                if matches!(event, MqttEvent::Connected) {
+                if matches!(event, MqttEvent::Connected { .. }) {
                     backoff.reset();
                     observability
                         .metrics
@@ -214,29 +222,112 @@ async fn poll_loop(
     }
 }
 
+/// Rate-limited log lines of one pipeline, one per kind of event.
+struct Logs {
+    dropped: LogEvery,
+    held: LogEvery,
+}
+
 struct Pipeline {
     config: Arc<ValidatedConfig>,
     index: usize,
+    /// Name of this pipeline in `/readyz` (`mqtt-<index>`).
+    owner: String,
     client: MqttClient,
     producer: Arc<BridgeProducer>,
     observability: Arc<Observability>,
     tracker: AckTracker<Held>,
     /// Bumped on every (re)connect; reports of older epochs are ignored.
     epoch: u64,
-    /// Failed records waiting to be sent again.
-    retries: VecDeque<(Instant, Box<PendingRecord>)>,
+    /// Arrival number of the next record.
+    next_order: u64,
+    /// Records waiting for room in the producer queue, in arrival order.
+    /// While any waits, no new MQTT message is taken.
+    parked: VecDeque<Box<PendingRecord>>,
+    /// Records Kafka refused or failed to take, per Kafka topic.
+    retries: RetryQueue<Box<PendingRecord>>,
+    /// Whether `/readyz` currently lists refusals of this pipeline.
+    refusals_shown: bool,
+    /// A resumed MQTT 3.1.1 session re-subscribed: messages with the retain
+    /// flag are the broker's replays of retained messages already carried.
+    skip_retained: bool,
+    /// Largest record Kafka takes (`kafka.producer.maxMessageBytes`).
+    max_record_bytes: usize,
+    /// Largest MQTT packet carried (`mqtt.maxPacketBytes`).
+    max_packet_bytes: usize,
     conn_labels: metrics::Labels,
     /// Per route (index into the route table's MQTT→Kafka routes).
     counters: Vec<metrics::RouteCounters>,
     forward_latency: prometheus_client::metrics::histogram::Histogram,
+    logs: Logs,
 }
 
 impl Pipeline {
-    async fn on_connected(&mut self) {
+    fn new(
+        config: Arc<ValidatedConfig>,
+        index: usize,
+        client: MqttClient,
+        producer: Arc<BridgeProducer>,
+        observability: Arc<Observability>,
+    ) -> Self {
+        let client_id = config.client_id(index);
+        Self {
+            index,
+            owner: format!("mqtt-{index}"),
+            client,
+            producer,
+            tracker: AckTracker::new(),
+            epoch: 0,
+            next_order: 0,
+            parked: VecDeque::new(),
+            retries: RetryQueue::default(),
+            refusals_shown: false,
+            skip_retained: false,
+            max_record_bytes: config.config.kafka.producer.max_message_bytes as usize,
+            max_packet_bytes: config
+                .config
+                .mqtt
+                .max_packet_bytes
+                .map_or(mqtt_side::MQTT_MAX_PACKET_BYTES, |b| b as usize),
+            conn_labels: metrics::connection("mqtt", &client_id),
+            counters: config
+                .routes
+                .mqtt_to_kafka
+                .iter()
+                .map(|r| observability.metrics.route_counters(&r.name))
+                .collect(),
+            forward_latency: observability.metrics.forward_latency_of("mqtt_to_kafka"),
+            logs: Logs {
+                dropped: LogEvery::new(Duration::from_secs(10)),
+                held: LogEvery::new(Duration::from_secs(10)),
+            },
+            observability,
+            config,
+        }
+    }
+
+    /// Whether a new MQTT message may be taken: not while records wait for
+    /// room in the producer queue, nor while as many records wait for a
+    /// retry as the producer may hold (QoS 0 messages are not bounded by the
+    /// broker's in-flight window).
+    fn can_take(&self) -> bool {
+        self.parked.is_empty()
+            && self.retries.len() < self.config.config.kafka.producer.max_in_flight_records as usize
+    }
+
+    async fn on_connected(&mut self, session_present: bool) {
         self.epoch += 1;
         self.tracker.clear();
+        self.parked.clear();
         self.retries.clear();
+        self.show_refusals();
+        // MQTT 3.1.1 has no Retain Handling: on a resumed session the broker
+        // sends every matching retained message again when we re-subscribe
+        // (with the retain flag, which over 3.1.1 marks exactly those). MQTT 5
+        // subscribes with Retain Handling 1 instead (see `MqttClient::subscribe`).
+        self.skip_retained = session_present && !self.client.is_v5();
         let mqtt = &self.config.config.mqtt;
+        // Subscribe even on a resumed session: the routes may have changed.
         for (filter, qos) in self.config.routes.subscriptions() {
             let filter = match &mqtt.shared_subscription_group {
                 Some(group) => format!("$share/{group}/{filter}"),
@@ -252,12 +343,28 @@ impl Pipeline {
         self.observability.health.mqtt_subscribed[self.index].store(false, Ordering::Relaxed);
     }
 
-    async fn on_publish(
-        &mut self,
-        p: IncomingPublish,
-        reports: &mut UnboundedReceiver<DeliveryReport>,
-    ) {
+    async fn on_publish(&mut self, p: IncomingPublish) {
         let config = self.config.clone();
+        let observability = self.observability.clone();
+        let m = &observability.metrics;
+        let received = Instant::now();
+        if self.skip_retained && p.retain {
+            m.dropped
+                .get_or_create(&metrics::route_reason("", RETAINED_REPLAY))
+                .inc();
+            if p.qos > 0 {
+                self.tracker.push(
+                    Held {
+                        qos: p.qos,
+                        pkid: p.pkid,
+                        received,
+                    },
+                    0,
+                );
+                self.release_acks().await;
+            }
+            return;
+        }
         let origin = config.origin();
         let is_own = p
             .user_properties
@@ -272,8 +379,6 @@ impl Pipeline {
             content_type: p.content_type.as_deref(),
         };
         let plans = config.routes.plan_mqtt(&msg, is_own);
-        let observability = self.observability.clone();
-        let m = &observability.metrics;
         if plans.is_empty() {
             m.dropped
                 .get_or_create(&metrics::route_reason("", "no_route"))
@@ -288,12 +393,18 @@ impl Pipeline {
                 Held {
                     qos: p.qos,
                     pkid: p.pkid,
-                    received: Instant::now(),
+                    received,
                 },
                 records,
             )
         });
-        let now = Instant::now();
+        let packet_bytes = delivery::mqtt_publish_size(
+            self.client.is_v5(),
+            &p.topic,
+            p.qos,
+            p.payload.len(),
+            &[],
+        );
         for (route, disposition) in plans {
             let name = &config.routes.mqtt_to_kafka[route].name;
             if let Some(c) = self.counters.get(route) {
@@ -308,57 +419,162 @@ impl Pipeline {
                     (record, true)
                 }
                 Disposition::Drop { reason } => {
-                    m.dropped
-                        .get_or_create(&metrics::route_reason(name, reason))
-                        .inc();
+                    self.count_drop(route, reason, &p.topic);
                     continue;
                 }
             };
             let mut headers = plan.headers;
             headers.push((ORIGIN_HEADER.to_owned(), origin.as_bytes().to_vec()));
+            self.next_order += 1;
             let record = Box::new(PendingRecord {
                 owner: Owner::Mqtt(self.index),
                 epoch: self.epoch,
                 seq,
+                order: self.next_order,
+                partition: None,
                 route,
                 dead_letter,
-                received: now,
-                sent: now,
+                received,
+                sent: received,
                 topic: plan.topic,
                 key: plan.key,
                 payload: p.payload.clone(),
                 headers,
             });
-            self.send_blocking(record, reports).await;
+            let record_bytes = delivery::kafka_record_size(
+                record.payload.len(),
+                record.key.as_ref().map_or(0, Vec::len),
+                &record.headers,
+            );
+            if !dead_letter
+                && (record_bytes > self.max_record_bytes || packet_bytes > self.max_packet_bytes)
+            {
+                let why = format!(
+                    "message of {} bytes (MQTT packet {packet_bytes} bytes) is larger than \
+                     kafka.producer.maxMessageBytes ({}) or mqtt.maxPacketBytes ({})",
+                    p.payload.len(),
+                    self.max_record_bytes,
+                    self.max_packet_bytes
+                );
+                self.undeliverable(record, TOO_LARGE, &why, &p.topic);
+                continue;
+            }
+            self.submit(record);
         }
         if seq.is_some() && records == 0 {
             self.release_acks().await;
         }
     }
 
-    /// Sends a record, waiting (while still handling delivery reports) as
-    /// long as the producer queue is full.
-    async fn send_blocking(
+    /// A message that can never be delivered as configured: to the route's
+    /// dead-letter topic (payload cut to fit if it is too large), or dropped
+    /// and counted. Its acknowledgement waits for the dead-letter record.
+    fn undeliverable(
         &mut self,
         mut record: Box<PendingRecord>,
-        reports: &mut UnboundedReceiver<DeliveryReport>,
+        reason: &'static str,
+        why: &str,
+        source_topic: &str,
     ) {
-        loop {
-            record.sent = Instant::now();
-            match kafka_side::send(&self.producer, record) {
-                Ok(()) => return,
-                Err((e, back)) => {
-                    record = back;
-                    if e.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::QueueFull) {
-                        self.fail(record, &e);
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                    while let Ok(r) = reports.try_recv() {
-                        self.on_report(r);
-                    }
-                    self.release_acks().await;
-                }
+        let route = &self.config.routes.mqtt_to_kafka[record.route];
+        let name = route.name.clone();
+        let dead_letter_topic = route.dead_letter_topic.clone();
+        let Some(dead_letter_topic) = dead_letter_topic.filter(|_| !record.dead_letter) else {
+            // No dead-letter topic, or the dead-letter topic refused it too.
+            let reason = if record.dead_letter {
+                "dead_letter_undeliverable"
+            } else {
+                reason
+            };
+            self.count_drop(record.route, reason, source_topic);
+            if let Some(seq) = record.seq {
+                self.tracker.complete(seq);
+            }
+            return;
+        };
+        self.observability
+            .metrics
+            .dead_lettered
+            .get_or_create(&metrics::route_reason(&name, reason))
+            .inc();
+        let mut headers = dead_letter_headers(&name, reason, why, source_topic);
+        headers.push((
+            ORIGIN_HEADER.to_owned(),
+            self.config.origin().as_bytes().to_vec(),
+        ));
+        let key = record.key.as_ref().map_or(0, Vec::len);
+        let budget = delivery::dead_letter_payload_budget(self.max_record_bytes, key, &headers);
+        if record.payload.len() > budget {
+            record.payload = record.payload.slice(..budget);
+        }
+        record.topic = dead_letter_topic;
+        record.headers = headers;
+        record.dead_letter = true;
+        self.submit(record);
+    }
+
+    /// Counts a dropped message and says so in a rate-limited log line.
+    fn count_drop(&mut self, route: usize, reason: &'static str, source_topic: &str) {
+        let name = &self.config.routes.mqtt_to_kafka[route].name;
+        self.observability
+            .metrics
+            .dropped
+            .get_or_create(&metrics::route_reason(name, reason))
+            .inc();
+        if reason != crate::routes::OWN_MESSAGE
+            && let Some(more) = self.logs.dropped.allow(Instant::now())
+        {
+            tracing::warn!(
+                route = name,
+                reason,
+                mqtt_topic = source_topic,
+                not_logged_since_last = more,
+                "message dropped: the route has no deadLetterTopic (see bridge_messages_dropped_total)"
+            );
+        }
+    }
+
+    /// Sends a record unless older records must go first: those of its topic
+    /// held for a retry, or any waiting for room in the producer queue.
+    fn submit(&mut self, record: Box<PendingRecord>) {
+        if self.retries.is_holding(&record.topic) {
+            let (topic, order) = (record.topic.clone(), record.order);
+            self.retries.push_behind(&topic, order, record);
+        } else if !self.parked.is_empty() {
+            self.parked.push_back(record);
+        } else if let Err(record) = self.try_send(record) {
+            self.parked.push_back(record);
+        }
+    }
+
+    /// Hands a record to the producer; gives it back when the queue is full.
+    fn try_send(&mut self, mut record: Box<PendingRecord>) -> Result<(), Box<PendingRecord>> {
+        record.sent = Instant::now();
+        match kafka_side::send(&self.producer, record) {
+            Ok(()) => Ok(()),
+            Err((e, back))
+                if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+            {
+                Err(back)
+            }
+            Err((e, back)) => {
+                self.on_failure(back, &e);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends parked records in order while the producer queue has room.
+    fn send_parked(&mut self) {
+        while let Some(record) = self.parked.pop_front() {
+            if self.retries.is_holding(&record.topic) {
+                let (topic, order) = (record.topic.clone(), record.order);
+                self.retries.push_behind(&topic, order, record);
+                continue;
+            }
+            if let Err(record) = self.try_send(record) {
+                self.parked.push_front(record);
+                return;
             }
         }
     }
@@ -375,46 +591,87 @@ impl Pipeline {
                 {
                     c.forwarded.inc();
                 }
+                if self.retries.succeeded(&record.topic) {
+                    tracing::info!(topic = record.topic, "Kafka takes records again");
+                }
                 if let Some(seq) = record.seq {
                     self.tracker.complete(seq);
                 }
             }
-            Err(e) => self.fail(record, &e),
+            Err(e) => self.on_failure(record, &e),
         }
     }
 
-    /// A record Kafka did not take: retried after a pause, unless it can never succeed.
-    fn fail(&mut self, record: Box<PendingRecord>, error: &rdkafka::error::KafkaError) {
-        let name = self.config.routes.mqtt_to_kafka[record.route].name.clone();
-        let m = &self.observability.metrics;
-        if kafka_side::is_permanent(error) {
-            tracing::error!(route = name, topic = record.topic, %error, "Kafka refused the record for good; dropping it");
-            m.dropped
-                .get_or_create(&metrics::route_reason(&name, "kafka_rejected"))
-                .inc();
-            if let Some(seq) = record.seq {
-                self.tracker.complete(seq);
-            }
+    /// A record Kafka did not take: dead-lettered if it never can be,
+    /// otherwise held for a retry (never acknowledged meanwhile).
+    fn on_failure(&mut self, record: Box<PendingRecord>, error: &rdkafka::error::KafkaError) {
+        let verdict = delivery::classify_kafka(error);
+        if let Verdict::Undeliverable(reason) = verdict {
+            let why = format!("Kafka refused the record for topic {}: {error}", record.topic);
+            let topic = record.topic.clone();
+            self.undeliverable(record, reason, &why, &topic);
             return;
         }
-        tracing::warn!(route = name, topic = record.topic, %error, "Kafka delivery failed; retrying");
-        m.failed
-            .get_or_create(&metrics::route_reason(&name, "kafka_delivery"))
+        let name = &self.config.routes.mqtt_to_kafka[record.route].name;
+        self.observability
+            .metrics
+            .failed
+            .get_or_create(&metrics::route_reason(name, verdict.label()))
             .inc();
+        if let Some(more) = self.logs.held.allow(Instant::now()) {
+            tracing::warn!(
+                route = name,
+                topic = record.topic,
+                reason = verdict.label(),
+                %error,
+                not_logged_since_last = more,
+                "Kafka did not take a record; holding it (not acknowledged) for a retry"
+            );
+        }
+        let (topic, order) = (record.topic.clone(), record.order);
+        let name = name.clone();
         self.retries
-            .push_back((Instant::now() + Duration::from_secs(1), record));
+            .hold(&topic, &name, order, record, verdict, Instant::now());
     }
 
-    async fn resend_due(&mut self, reports: &mut UnboundedReceiver<DeliveryReport>) {
-        while self
-            .retries
-            .front()
-            .is_some_and(|(due, _)| *due <= Instant::now())
-        {
-            if let Some((_, record)) = self.retries.pop_front() {
-                self.send_blocking(record, reports).await;
+    /// Sends again, in arrival order, the held records whose delay is over.
+    fn resend_due(&mut self) {
+        if self.retries.is_empty() {
+            self.show_refusals();
+            return;
+        }
+        for (_, records) in self.retries.take_due(Instant::now()) {
+            for record in records {
+                if !self.parked.is_empty() {
+                    self.parked.push_back(record);
+                } else if let Err(record) = self.try_send(record) {
+                    self.parked.push_back(record);
+                }
             }
         }
+        self.show_refusals();
+    }
+
+    /// Tells `/readyz` which Kafka topics refuse this connection's records.
+    fn show_refusals(&mut self) {
+        let refusals: Vec<Refusal> = self
+            .retries
+            .holdings()
+            .into_iter()
+            .filter(|h| matches!(h.verdict, Verdict::Refused(_)))
+            .map(|h| Refusal {
+                route: h.context,
+                target: format!("Kafka topic {}", h.target),
+                reason: h.verdict.label(),
+                since: h.since,
+                held: h.held,
+            })
+            .collect();
+        if refusals.is_empty() && !self.refusals_shown {
+            return;
+        }
+        self.refusals_shown = !refusals.is_empty();
+        self.observability.health.set_refusals(&self.owner, refusals);
     }
 
     /// Sends the acknowledgements that are due, in arrival order.
@@ -443,5 +700,8 @@ impl Pipeline {
         m.ack_held_back_seconds
             .get_or_create(&self.conn_labels)
             .set(self.tracker.oldest_age().as_secs_f64());
+        m.held_for_retry
+            .get_or_create(&self.conn_labels)
+            .set(self.retries.len() as i64);
     }
 }

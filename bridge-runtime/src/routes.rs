@@ -22,6 +22,8 @@ pub const DEAD_LETTER_ROUTE_HEADER: &str = "x-bridge-route";
 pub const DEAD_LETTER_REASON_HEADER: &str = "x-bridge-error";
 /// Dead-letter header: the reason in words.
 pub const DEAD_LETTER_MESSAGE_HEADER: &str = "x-bridge-error-message";
+/// Dead-letter header: the topic the message came from.
+pub const SOURCE_TOPIC_HEADER: &str = "source.topic";
 
 /// How the record key is chosen, checked against the filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -426,26 +428,40 @@ fn dead_letter<T>(
             record: RecordPlan {
                 topic: dl.to_owned(),
                 key: None,
-                headers: vec![
-                    (
-                        DEAD_LETTER_ROUTE_HEADER.to_owned(),
-                        route.as_bytes().to_vec(),
-                    ),
-                    (
-                        DEAD_LETTER_REASON_HEADER.to_owned(),
-                        reason.as_bytes().to_vec(),
-                    ),
-                    (
-                        DEAD_LETTER_MESSAGE_HEADER.to_owned(),
-                        why.to_string().into_bytes(),
-                    ),
-                    ("source.topic".to_owned(), source_topic.as_bytes().to_vec()),
-                ],
+                headers: dead_letter_headers(route, reason, &why.to_string(), source_topic),
             },
             reason,
         },
         None => Disposition::Drop { reason },
     }
+}
+
+/// The headers of a dead-letter record: which route could not deliver the
+/// message, why (the stable label and in words), and the topic it came from.
+pub fn dead_letter_headers(
+    route: &str,
+    reason: &str,
+    message: &str,
+    source_topic: &str,
+) -> Vec<(String, Vec<u8>)> {
+    vec![
+        (
+            DEAD_LETTER_ROUTE_HEADER.to_owned(),
+            route.as_bytes().to_vec(),
+        ),
+        (
+            DEAD_LETTER_REASON_HEADER.to_owned(),
+            reason.as_bytes().to_vec(),
+        ),
+        (
+            DEAD_LETTER_MESSAGE_HEADER.to_owned(),
+            message.as_bytes().to_vec(),
+        ),
+        (
+            SOURCE_TOPIC_HEADER.to_owned(),
+            source_topic.as_bytes().to_vec(),
+        ),
+    ]
 }
 
 #[cfg(test)]

@@ -129,6 +129,10 @@ pub enum Unresolved {
     MissingKey,
     /// The filled-in topic is not a valid topic name.
     InvalidTopic(String),
+    /// A key or field value filled into an MQTT topic template contains `/`
+    /// (it would add topic levels, so subscribers' filters would no longer
+    /// match), `+`, `#` or NUL.
+    ValueChangesTopicLevels(String),
 }
 
 impl Unresolved {
@@ -139,6 +143,7 @@ impl Unresolved {
             Self::MissingField(_) => "missing_field",
             Self::MissingKey => "missing_key",
             Self::InvalidTopic(_) => "invalid_topic",
+            Self::ValueChangesTopicLevels(_) => "value_changes_topic_levels",
         }
     }
 }
@@ -150,6 +155,10 @@ impl fmt::Display for Unresolved {
             Self::MissingField(p) => write!(f, "payload has no field `{p}`"),
             Self::MissingKey => f.write_str("record has no key"),
             Self::InvalidTopic(t) => write!(f, "resulting topic `{t}` is not valid"),
+            Self::ValueChangesTopicLevels(v) => write!(
+                f,
+                "value `{v}` would change the topic's levels (contains `/`, `+`, `#` or NUL)"
+            ),
         }
     }
 }
@@ -292,9 +301,11 @@ impl MqttTopicTemplate {
                 Part::Literal(l) => out.push_str(l),
                 Part::Key => {
                     let key = key.ok_or(Unresolved::MissingKey)?;
-                    out.push_str(&String::from_utf8_lossy(key));
+                    push_level_value(&mut out, &String::from_utf8_lossy(key))?;
                 }
-                Part::Field(path) => out.push_str(&json_field_text_in(payload, path)?),
+                Part::Field(path) => {
+                    push_level_value(&mut out, &json_field_text_in(payload, path)?)?;
+                }
                 Part::Level(_) => {}
             }
         }
@@ -303,6 +314,16 @@ impl MqttTopicTemplate {
         }
         Ok(out)
     }
+}
+
+/// Appends a key or field value to an MQTT topic, refusing one that would
+/// add or change topic levels (`devices/{key}/commands` with key `a/b`).
+fn push_level_value(out: &mut String, value: &str) -> Result<(), Unresolved> {
+    if value.contains(['/', '+', '#', '\0']) {
+        return Err(Unresolved::ValueChangesTopicLevels(value.to_owned()));
+    }
+    out.push_str(value);
+    Ok(())
 }
 
 /// The text of a JSON field given by a dotted path: strings as they are,
@@ -417,10 +438,23 @@ mod tests {
             t.resolve(Some(b"k"), missing),
             Err(Unresolved::MissingField("device.id".into()))
         );
+        // A key or field must not add levels: subscribers of `sensors/+/+`
+        // would never see `sensors/7/a/b`.
+        for bad in ["a/b", "+", "a#", "x\0"] {
+            assert_eq!(
+                t.resolve(Some(bad.as_bytes()), json),
+                Err(Unresolved::ValueChangesTopicLevels(bad.into())),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            t.resolve(Some(b"k"), br#"{"device": {"id": "x/y"}}"#),
+            Err(Unresolved::ValueChangesTopicLevels("x/y".into()))
+        );
         let wild = br#"{"device": {"id": "+"}}"#;
         assert!(matches!(
             t.resolve(Some(b"k"), wild),
-            Err(Unresolved::InvalidTopic(_))
+            Err(Unresolved::ValueChangesTopicLevels(_))
         ));
         assert!(MqttTopicTemplate::parse("a/+/b").is_err());
         assert!(MqttTopicTemplate::parse("a/{}/b").is_err());
