@@ -49,7 +49,9 @@ pub fn classify_kafka_code(code: Option<RDKafkaErrorCode>) -> Verdict {
     use RDKafkaErrorCode as C;
     match code {
         Some(C::MessageSizeTooLarge | C::InvalidMessageSize) => Verdict::Undeliverable(TOO_LARGE),
-        Some(C::InvalidRecord | C::InvalidMessage) => Verdict::Undeliverable("kafka_invalid_record"),
+        Some(C::InvalidRecord | C::InvalidMessage) => {
+            Verdict::Undeliverable("kafka_invalid_record")
+        }
         Some(C::InvalidTopic) => Verdict::Undeliverable("kafka_invalid_topic"),
         Some(C::TopicAuthorizationFailed) => Verdict::Refused("kafka_topic_authorization_failed"),
         Some(C::ClusterAuthorizationFailed) => {
@@ -173,7 +175,10 @@ mod tests {
         use RDKafkaErrorCode as C;
         for (code, verdict) in [
             (C::MessageSizeTooLarge, Verdict::Undeliverable(TOO_LARGE)),
-            (C::InvalidTopic, Verdict::Undeliverable("kafka_invalid_topic")),
+            (
+                C::InvalidTopic,
+                Verdict::Undeliverable("kafka_invalid_topic"),
+            ),
             (
                 C::TopicAuthorizationFailed,
                 Verdict::Refused("kafka_topic_authorization_failed"),
@@ -200,7 +205,11 @@ mod tests {
     #[test]
     fn mqtt_reason_codes_are_classified() {
         assert_eq!(classify_mqtt_reason(0x00), None);
-        assert_eq!(classify_mqtt_reason(0x10), None, "no subscribers is success");
+        assert_eq!(
+            classify_mqtt_reason(0x10),
+            None,
+            "no subscribers is success"
+        );
         assert_eq!(
             classify_mqtt_reason(0x87),
             Some(Verdict::Refused("mqtt_not_authorized"))
@@ -217,7 +226,10 @@ mod tests {
             classify_mqtt_reason(0x99),
             Some(Verdict::Undeliverable(_))
         ));
-        assert!(matches!(classify_mqtt_reason(0x80), Some(Verdict::Refused(_))));
+        assert!(matches!(
+            classify_mqtt_reason(0x80),
+            Some(Verdict::Refused(_))
+        ));
     }
 
     #[test]

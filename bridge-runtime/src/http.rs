@@ -54,14 +54,22 @@ async fn healthz(State(o): State<Arc<Observability>>) -> impl IntoResponse {
     }
 }
 
+/// 200 `ready` or 503 `not ready: <what>, <what>`; a second line says how
+/// many undeliverable messages were dropped (routes without a dead-letter
+/// topic), so that the operator can put it in the bridge's status.
 async fn readyz(State(o): State<Arc<Observability>>) -> impl IntoResponse {
     let missing = o.health.not_ready();
+    let drops = o
+        .health
+        .drops()
+        .map(|d| format!("{d}\n"))
+        .unwrap_or_default();
     if missing.is_empty() {
-        (StatusCode::OK, "ready\n".to_owned())
+        (StatusCode::OK, format!("ready\n{drops}"))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", missing.join(", ")),
+            format!("not ready: {}\n{drops}", missing.join(", ")),
         )
     }
 }

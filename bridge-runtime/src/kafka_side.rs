@@ -101,9 +101,9 @@ impl ClientContext for BridgeKafkaContext {
             // The idempotent producer cannot go on (e.g. its sequence numbers
             // broke): restart; unacknowledged messages are redelivered.
             Some(RDKafkaErrorCode::Fatal) => {
-                let _ = self
-                    .fatal
-                    .send(BridgeError::Kafka(format!("fatal producer error: {reason}")));
+                let _ = self.fatal.send(BridgeError::Kafka(format!(
+                    "fatal producer error: {reason}"
+                )));
             }
             Some(RDKafkaErrorCode::AllBrokersDown) => {
                 self.observability
@@ -166,7 +166,8 @@ impl ConsumerContext for BridgeKafkaContext {
         _consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        if let (Some(tx), rdkafka::consumer::Rebalance::Revoke(list)) = (&self.rebalances, rebalance)
+        if let (Some(tx), rdkafka::consumer::Rebalance::Revoke(list)) =
+            (&self.rebalances, rebalance)
         {
             let partitions = partitions_of(list);
             self.observability
@@ -182,7 +183,8 @@ impl ConsumerContext for BridgeKafkaContext {
         _consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        if let (Some(tx), rdkafka::consumer::Rebalance::Assign(list)) = (&self.rebalances, rebalance)
+        if let (Some(tx), rdkafka::consumer::Rebalance::Assign(list)) =
+            (&self.rebalances, rebalance)
         {
             let _ = tx.send(Rebalance::Assigned(partitions_of(list)));
         }

@@ -576,7 +576,13 @@ impl State {
                     });
                     self.in_flight += 1;
                     if let Err(e) = client
-                        .publish(&plan.topic, plan.qos, plan.retain, r.payload.clone(), origin)
+                        .publish(
+                            &plan.topic,
+                            plan.qos,
+                            plan.retain,
+                            r.payload.clone(),
+                            origin,
+                        )
                         .await
                     {
                         tracing::warn!(error = %e, "MQTT publish request failed");
@@ -735,7 +741,11 @@ impl State {
     /// A dead-letter record Kafka did not take: held and retried, unless it
     /// can never be taken (then dropped and counted). Never forgotten: its
     /// partition commits nothing past it meanwhile.
-    fn dead_letter_failed(&mut self, record: Box<PendingRecord>, error: &rdkafka::error::KafkaError) {
+    fn dead_letter_failed(
+        &mut self,
+        record: Box<PendingRecord>,
+        error: &rdkafka::error::KafkaError,
+    ) {
         let verdict = delivery::classify_kafka(error);
         let name = self.config.routes.kafka_to_mqtt[record.route].name.clone();
         if let Verdict::Undeliverable(_) = verdict {
@@ -767,9 +777,11 @@ impl State {
             .dropped
             .get_or_create(&metrics::route_reason(name, reason))
             .inc();
-        if reason != crate::routes::OWN_MESSAGE
-            && let Some(more) = self.dropped_log.allow(Instant::now())
-        {
+        if reason == crate::routes::OWN_MESSAGE {
+            return;
+        }
+        self.observability.health.record_drop(name, reason);
+        if let Some(more) = self.dropped_log.allow(Instant::now()) {
             tracing::warn!(
                 route = name,
                 reason,
@@ -862,14 +874,15 @@ impl State {
         let part = &mut self.partitions[pi];
         if let Verdict::Undeliverable(reason) = verdict {
             // Published again right away, this time to the dead-letter topic.
-            part.undeliverable.push((publish.offset, publish.route, reason));
+            part.undeliverable
+                .push((publish.offset, publish.route, reason));
             self.rewind(pi, consumer, None);
             return;
         }
-        let (mut backoff, since) = part
-            .refused
-            .take()
-            .map_or_else(|| (retry_backoff(), Instant::now()), |r| (r.backoff, r.since));
+        let (mut backoff, since) = part.refused.take().map_or_else(
+            || (retry_backoff(), Instant::now()),
+            |r| (r.backoff, r.since),
+        );
         let delay = backoff.next().unwrap_or(crate::retry_queue::MAX_RETRY);
         let refused = Refused {
             due: Some(Instant::now() + delay),
@@ -983,7 +996,11 @@ impl State {
         }
     }
 
-    fn on_rebalance(&mut self, rebalance: Rebalance, consumer: &StreamConsumer<BridgeKafkaContext>) {
+    fn on_rebalance(
+        &mut self,
+        rebalance: Rebalance,
+        consumer: &StreamConsumer<BridgeKafkaContext>,
+    ) {
         match rebalance {
             Rebalance::Revoked(list) => {
                 tracing::info!(partitions = ?list, "partitions revoked");
@@ -1195,6 +1212,10 @@ mod tests {
             .iter()
             .map(|e| (e.partition(), e.offset()))
             .collect();
-        assert_eq!(committed, vec![(0, Offset::Offset(1))], "only offset 0 is done");
+        assert_eq!(
+            committed,
+            vec![(0, Offset::Offset(1))],
+            "only offset 0 is done"
+        );
     }
 }

@@ -203,7 +203,14 @@ pub struct Health {
     heartbeats: Vec<AtomicU64>,
     /// Per pipeline (e.g. `mqtt-0`, `kafka-to-mqtt`), what refuses its messages.
     refusals: Mutex<BTreeMap<String, Vec<Refusal>>>,
+    /// Undeliverable messages dropped (no dead-letter topic) since start.
+    dropped: AtomicU64,
+    /// Route and reason of the last of them, and when.
+    last_drop: Mutex<Option<(String, &'static str, Instant)>>,
 }
+
+/// How the `/readyz` line on dropped messages starts; the operator looks for it.
+pub const DROPPED_PREFIX: &str = "dropped";
 
 /// A destination refusing a route's messages until someone fixes something
 /// (an ACL, a missing topic, a quota); `/readyz` lists them.
@@ -245,7 +252,34 @@ impl Health {
             topics_exist: AtomicBool::new(false),
             heartbeats: (0..loops).map(|_| AtomicU64::new(0)).collect(),
             refusals: Mutex::new(BTreeMap::new()),
+            dropped: AtomicU64::new(0),
+            last_drop: Mutex::new(None),
         }
+    }
+
+    /// An undeliverable message of `route` was dropped (the route has no
+    /// dead-letter topic): `/readyz` reports it, and so the bridge's status.
+    pub fn record_drop(&self, route: &str, reason: &'static str) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_drop.lock() {
+            *last = Some((route.to_owned(), reason, Instant::now()));
+        }
+    }
+
+    /// One line on the undeliverable messages dropped since start, if any:
+    /// `dropped 3 undeliverable messages; last: route r, reason too_large, 12 s ago`.
+    pub fn drops(&self) -> Option<String> {
+        let count = self.dropped.load(Ordering::Relaxed);
+        if count == 0 {
+            return None;
+        }
+        let last = self.last_drop.lock().ok()?.clone()?;
+        Some(format!(
+            "{DROPPED_PREFIX} {count} undeliverable messages; last: route {}, reason {}, {} s ago",
+            last.0,
+            last.1,
+            last.2.elapsed().as_secs()
+        ))
     }
 
     /// Replaces what pipeline `owner` reports as refusing its messages.
@@ -276,7 +310,11 @@ impl Health {
 
     /// What is not ready, empty when ready.
     pub fn not_ready(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.not_connected().into_iter().map(str::to_owned).collect();
+        let mut out: Vec<String> = self
+            .not_connected()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         if let Ok(map) = self.refusals.lock() {
             out.extend(map.values().flatten().map(Refusal::describe));
         }
@@ -368,10 +406,21 @@ mod tests {
         );
         assert_eq!(
             h.not_ready(),
-            vec!["route in: Kafka topic `t` refuses messages (kafka_topic_authorization_failed) for 0 s, 3 held"]
+            vec![
+                "route in: Kafka topic `t` refuses messages (kafka_topic_authorization_failed) for 0 s, 3 held"
+            ]
         );
         h.set_refusals("mqtt-0", Vec::new());
         assert!(h.not_ready().is_empty());
+        assert_eq!(h.drops(), None);
+        h.record_drop("in", "too_large");
+        h.record_drop("in", "payload_not_json");
+        assert_eq!(
+            h.drops().as_deref(),
+            Some(
+                "dropped 2 undeliverable messages; last: route in, reason payload_not_json, 0 s ago"
+            )
+        );
         h.beat(0);
         assert!(h.alive(Duration::from_secs(1)));
     }

@@ -269,19 +269,19 @@ impl MqttEventLoop {
                     }
                     // rumqttc reports a refusing PUBACK like any other: the
                     // reason code says whether the broker took the message.
-                    Ok(Event::Incoming(Incoming::PubAck(a))) => {
-                        Ok(match delivery::classify_mqtt_reason(puback_code(a.reason)) {
+                    Ok(Event::Incoming(Incoming::PubAck(a))) => Ok(
+                        match delivery::classify_mqtt_reason(puback_code(a.reason)) {
                             None => MqttEvent::PublishAcked(a.pkid),
                             Some(v) => MqttEvent::PublishRefused(a.pkid, v),
-                        })
-                    }
+                        },
+                    ),
                     // A refusing PUBREC ends the QoS 2 flow: no PUBCOMP follows.
-                    Ok(Event::Incoming(Incoming::PubRec(r))) => {
-                        Ok(match delivery::classify_mqtt_reason(pubrec_code(r.reason)) {
+                    Ok(Event::Incoming(Incoming::PubRec(r))) => Ok(
+                        match delivery::classify_mqtt_reason(pubrec_code(r.reason)) {
                             None => MqttEvent::Other,
                             Some(v) => MqttEvent::PublishRefused(r.pkid, v),
-                        })
-                    }
+                        },
+                    ),
                     Ok(Event::Incoming(Incoming::PubComp(a))) => {
                         Ok(MqttEvent::PublishAcked(a.pkid))
                     }

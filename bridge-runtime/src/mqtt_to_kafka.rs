@@ -98,7 +98,13 @@ pub async fn run(
         client_id.clone(),
         fatal,
     ));
-    let mut pipeline = Pipeline::new(config.clone(), index, client, producer, observability.clone());
+    let mut pipeline = Pipeline::new(
+        config.clone(),
+        index,
+        client,
+        producer,
+        observability.clone(),
+    );
     let grace = Duration::from_secs(u64::from(config.config.shutdown_grace_period_seconds));
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -398,13 +404,8 @@ impl Pipeline {
                 records,
             )
         });
-        let packet_bytes = delivery::mqtt_publish_size(
-            self.client.is_v5(),
-            &p.topic,
-            p.qos,
-            p.payload.len(),
-            &[],
-        );
+        let packet_bytes =
+            delivery::mqtt_publish_size(self.client.is_v5(), &p.topic, p.qos, p.payload.len(), &[]);
         for (route, disposition) in plans {
             let name = &config.routes.mqtt_to_kafka[route].name;
             if let Some(c) = self.counters.get(route) {
@@ -521,9 +522,11 @@ impl Pipeline {
             .dropped
             .get_or_create(&metrics::route_reason(name, reason))
             .inc();
-        if reason != crate::routes::OWN_MESSAGE
-            && let Some(more) = self.logs.dropped.allow(Instant::now())
-        {
+        if reason == crate::routes::OWN_MESSAGE {
+            return;
+        }
+        self.observability.health.record_drop(name, reason);
+        if let Some(more) = self.logs.dropped.allow(Instant::now()) {
             tracing::warn!(
                 route = name,
                 reason,
@@ -607,7 +610,10 @@ impl Pipeline {
     fn on_failure(&mut self, record: Box<PendingRecord>, error: &rdkafka::error::KafkaError) {
         let verdict = delivery::classify_kafka(error);
         if let Verdict::Undeliverable(reason) = verdict {
-            let why = format!("Kafka refused the record for topic {}: {error}", record.topic);
+            let why = format!(
+                "Kafka refused the record for topic {}: {error}",
+                record.topic
+            );
             let topic = record.topic.clone();
             self.undeliverable(record, reason, &why, &topic);
             return;
@@ -671,7 +677,9 @@ impl Pipeline {
             return;
         }
         self.refusals_shown = !refusals.is_empty();
-        self.observability.health.set_refusals(&self.owner, refusals);
+        self.observability
+            .health
+            .set_refusals(&self.owner, refusals);
     }
 
     /// Sends the acknowledgements that are due, in arrival order.

@@ -20,7 +20,7 @@ use crate::delivery::Verdict;
 /// First retry delay of a target.
 pub const FIRST_RETRY: Duration = Duration::from_millis(500);
 /// Longest retry delay of a target.
-pub const MAX_RETRY: Duration = Duration::from_secs(30);
+pub const MAX_RETRY: Duration = Duration::from_secs(10);
 
 /// The capped, jittered delays between retries of one target.
 pub fn retry_backoff() -> ExponentialBackoff {
@@ -123,7 +123,11 @@ impl<T> RetryQueue<T> {
     /// Whether `target` holds items: later items for it must queue behind
     /// them ([`RetryQueue::push_behind`]) to keep their order.
     pub fn is_holding(&self, target: &str) -> bool {
-        !self.targets.is_empty() && self.targets.get(target).is_some_and(|t| !t.items.is_empty())
+        !self.targets.is_empty()
+            && self
+                .targets
+                .get(target)
+                .is_some_and(|t| !t.items.is_empty())
     }
 
     /// Queues an item that was never sent behind the held items of `target`.
@@ -247,7 +251,9 @@ mod tests {
         assert!(delays[0] <= FIRST_RETRY * 2, "{delays:?}");
         assert!(delays[5] > delays[0], "backoff grows: {delays:?}");
         assert!(
-            delays.iter().all(|d| *d <= MAX_RETRY + Duration::from_millis(50) + MAX_RETRY),
+            delays
+                .iter()
+                .all(|d| *d <= MAX_RETRY + Duration::from_millis(50) + MAX_RETRY),
             "capped: {delays:?}"
         );
         assert!(q.succeeded("t"));
@@ -260,7 +266,14 @@ mod tests {
         let mut q = RetryQueue::default();
         let now = Instant::now();
         q.hold("b", "r", 0, (), REFUSED, now);
-        q.hold("a", "r", 1, (), Verdict::Transient("kafka_delivery_timeout"), now);
+        q.hold(
+            "a",
+            "r",
+            1,
+            (),
+            Verdict::Transient("kafka_delivery_timeout"),
+            now,
+        );
         let h = q.holdings();
         assert_eq!(h.len(), 2);
         assert_eq!(h[0].target, "a");

@@ -98,13 +98,6 @@ fn verify(records: &[common::Record], count: u32) -> (usize, usize) {
     (duplicates, order_violations)
 }
 
-fn distinct(records: &[common::Record]) -> usize {
-    let mut s: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
-    s.sort();
-    s.dedup();
-    s.len()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_loss_through_kills_and_server_restarts() {
     let _serial = common::serial().await;
@@ -150,9 +143,11 @@ async fn no_loss_through_kills_and_server_restarts() {
     let records = tokio::task::spawn_blocking({
         let p = p.clone();
         move || {
-            read_topic_until(&p, Duration::from_secs(150), |r| {
-                r.len() >= COUNT as usize && distinct(r) >= COUNT as usize
-            })
+            read_topic_until(
+                &p,
+                Duration::from_secs(150),
+                common::distinct_payloads_at_least(COUNT as usize),
+            )
         }
     })
     .await
@@ -214,9 +209,11 @@ async fn read_all(p: &str, count: u32) -> (usize, usize) {
     let records = tokio::task::spawn_blocking({
         let p = p.to_owned();
         move || {
-            read_topic_until(&p, Duration::from_secs(90), |r| {
-                r.len() >= count as usize && distinct(r) >= count as usize
-            })
+            read_topic_until(
+                &p,
+                Duration::from_secs(90),
+                common::distinct_payloads_at_least(count as usize),
+            )
         }
     })
     .await
@@ -268,9 +265,11 @@ async fn shared_subscription_over_three_connections_mqtt_311() {
     let records = tokio::task::spawn_blocking({
         let p = p.clone();
         move || {
-            read_topic_until(&p, Duration::from_secs(90), |r| {
-                r.len() >= COUNT as usize && distinct(r) >= COUNT as usize
-            })
+            read_topic_until(
+                &p,
+                Duration::from_secs(90),
+                common::distinct_payloads_at_least(COUNT as usize),
+            )
         }
     })
     .await

@@ -125,7 +125,9 @@ pub struct ProducerSettings {
     #[schemars(range(min = 1, max = 2_097_151))]
     pub queue_max_kbytes: u32,
     /// How long a record may take to be acknowledged before it counts as failed
-    /// (librdkafka `delivery.timeout.ms`); a failed record is retried, never acknowledged to MQTT.
+    /// (librdkafka `delivery.timeout.ms`); a failed record is held and sent
+    /// again, before any later record of its topic (per-key order), never
+    /// acknowledged to MQTT meanwhile.
     #[serde(default = "default_delivery_timeout_ms")]
     #[schemars(range(min = 1000, max = 2_147_483_647))]
     pub delivery_timeout_ms: u32,

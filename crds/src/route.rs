@@ -26,9 +26,14 @@ pub struct Route {
     /// Carry Kafka records into MQTT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_to_mqtt: Option<KafkaToMqtt>,
-    /// Kafka topic receiving messages this route cannot map (missing JSON field,
-    /// payload not JSON, invalid resulting topic), with a header saying why.
-    /// Without it such messages are counted as dropped, never retried forever.
+    /// Kafka topic receiving the messages this route can never deliver as
+    /// configured (missing JSON field, payload not JSON, a topic the template
+    /// cannot form, larger than the size limits, refused by the broker as
+    /// malformed), with an `x-bridge-error` header saying why; the message is
+    /// acknowledged or committed only after this topic holds it. Without it
+    /// such messages are dropped and counted (`bridge_messages_dropped_total`).
+    /// Messages refused until someone fixes something (an ACL, a missing
+    /// topic) are never dead-lettered: they are held and retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 249), regex(pattern = r"^[A-Za-z0-9._-]+$"))]
     pub dead_letter_topic: Option<String>,
@@ -127,7 +132,9 @@ pub struct KafkaToMqtt {
     pub kafka_topics: Vec<String>,
     /// MQTT topic, fixed or a template: `{key}` is the record key, any other
     /// `{name}` a field of the JSON payload (dots reach into nested objects),
-    /// e.g. `sensors/{sensor_id}`. No `+` or `#` wildcards.
+    /// e.g. `sensors/{sensor_id}`. No `+` or `#` wildcards. A key or field
+    /// containing `/`, `+` or `#` would change the topic's levels: such a
+    /// record is undeliverable (dead-lettered or dropped and counted).
     #[schemars(length(min = 1, max = 1024), regex(pattern = r"^[^+#]+$"))]
     pub mqtt_topic: String,
     /// QoS of the publishes. With QoS 1 or 2 a Kafka offset is committed only
@@ -135,7 +142,8 @@ pub struct KafkaToMqtt {
     #[serde(default = "default_qos")]
     #[schemars(range(max = 2))]
     pub qos: u8,
-    /// Publish with the retain flag.
+    /// Publish with the retain flag. A tombstone (null value) is then published
+    /// with an empty payload, which deletes the broker's retained message.
     #[serde(default)]
     pub retain: bool,
 }

@@ -256,6 +256,22 @@ pub fn read_topic_until(
     out
 }
 
+/// A `read_topic_until` condition: at least `want` distinct payloads read.
+/// Counts only the records added since its last call, so reading a large
+/// topic stays linear (a full recount per polled record made the readers of
+/// 50,000-record topics too slow to finish within their timeout).
+pub fn distinct_payloads_at_least(want: usize) -> impl FnMut(&[Record]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let mut counted = 0;
+    move |records: &[Record]| {
+        for r in &records[counted..] {
+            seen.insert(r.payload.clone());
+        }
+        counted = records.len();
+        seen.len() >= want
+    }
+}
+
 pub async fn produce(topic: &str, key: Option<&str>, payload: &str) {
     let producer: FutureProducer = kafka_config(&testenv::var("KAFKA_BOOTSTRAP"))
         .create()
