@@ -78,3 +78,161 @@ pub fn mqtt_host_port(url_var: &str) -> (String, u16) {
             .unwrap_or_else(|_| panic!("{url_var}={url}: bad port")),
     )
 }
+
+/// Whether [`kafka_acl`] adds or removes ACLs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AclChange {
+    Grant,
+    Revoke,
+}
+
+/// What a Kafka ACL applies to (literal names, no prefixes or wildcards).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaResource<'a> {
+    Topic(&'a str),
+    Group(&'a str),
+    Cluster,
+    TransactionalId(&'a str),
+}
+
+/// Kafka's ACL operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaOperation {
+    Read,
+    Write,
+    Create,
+    Delete,
+    Alter,
+    Describe,
+    DescribeConfigs,
+    AlterConfigs,
+    IdempotentWrite,
+    All,
+}
+
+impl KafkaOperation {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Read => "Read",
+            Self::Write => "Write",
+            Self::Create => "Create",
+            Self::Delete => "Delete",
+            Self::Alter => "Alter",
+            Self::Describe => "Describe",
+            Self::DescribeConfigs => "DescribeConfigs",
+            Self::AlterConfigs => "AlterConfigs",
+            Self::IdempotentWrite => "IdempotentWrite",
+            Self::All => "All",
+        }
+    }
+}
+
+/// `User:<KAFKA_LIMITED_USER>`: the one SCRAM user of the test Kafka that ACLs
+/// restrict (every other principal is a super user). It has no rights until a
+/// test grants them with [`kafka_acl`].
+pub fn kafka_limited_principal() -> String {
+    format!("User:{}", var("KAFKA_LIMITED_USER"))
+}
+
+/// Grants or revokes ALLOW ACLs for `principal` on one resource and returns
+/// once the broker reports the change (its authorizer decides the next request
+/// with it). Takes about two JVM starts, 2-3 s (`cargo xtask testenv kafka-acl`,
+/// which runs Kafka's `AclCommand`); panics (tests only) if the change fails.
+///
+/// What a bridge's Kafka user needs on Kafka 4.1 (checked by
+/// `testenv/tests/kafka_acl_smoke.rs`):
+/// - MQTT→Kafka (idempotent producer): `Describe` and `Write` on each topic it
+///   produces to (a dead-letter topic included). Kafka authorizes the
+///   idempotent producer's `InitProducerId` with `IdempotentWrite` on the
+///   cluster *or* `Write` on any topic, so `IdempotentWrite` is not needed as
+///   long as the user may write to at least one topic when the producer starts.
+///   If it may write to none, librdkafka fails `InitProducerId` with
+///   ClusterAuthorizationFailed and makes that a *fatal* error: every later
+///   send fails with `Fatal` until the producer is recreated, even after the
+///   ACLs are granted.
+/// - Kafka→MQTT (consumer in a group): `Describe` and `Read` on each topic it
+///   consumes, and `Read` on its consumer group (also enough to commit offsets).
+pub fn kafka_acl(
+    change: AclChange,
+    principal: &str,
+    resource: KafkaResource<'_>,
+    operations: &[KafkaOperation],
+) {
+    if let Err(e) = try_kafka_acl(change, principal, resource, operations) {
+        panic!("{e}");
+    }
+}
+
+/// [`kafka_acl`] without the panic, for cleanup code that runs while a test
+/// is already panicking (a `Drop` guard).
+pub fn try_kafka_acl(
+    change: AclChange,
+    principal: &str,
+    resource: KafkaResource<'_>,
+    operations: &[KafkaOperation],
+) -> Result<(), String> {
+    let ctl = std::env::var("TESTENV_CTL").map_err(|_| "TESTENV_CTL is not set".to_string())?;
+    let mut cmd = Command::new(&ctl);
+    cmd.args(["testenv", "kafka-acl"]);
+    cmd.arg(match change {
+        AclChange::Grant => "grant",
+        AclChange::Revoke => "revoke",
+    });
+    cmd.args(["--principal", principal]);
+    match resource {
+        KafkaResource::Topic(t) => cmd.args(["--topic", t]),
+        KafkaResource::Group(g) => cmd.args(["--group", g]),
+        KafkaResource::Cluster => cmd.arg("--cluster"),
+        KafkaResource::TransactionalId(id) => cmd.args(["--transactional-id", id]),
+    };
+    for op in operations {
+        cmd.args(["--operation", op.name()]);
+    }
+    let status = cmd.status().map_err(|e| format!("run {ctl}: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "`testenv kafka-acl {change:?} {principal} {resource:?} {operations:?}` failed ({status})"
+        ));
+    }
+    Ok(())
+}
+
+/// Replaces the ACL file of the Mosquitto listener at `MQTT_ACL_URL` (Mosquitto
+/// `acl_file` syntax, e.g. `"user bridge\ntopic read #\n"`) and returns once
+/// the broker re-read it (SIGHUP, then its `Reloading config.` log line): every
+/// packet sent afterwards, also on connections that were already open, is
+/// checked against the new ACL. Panics (tests only) if the broker refuses it.
+///
+/// The default, restored by [`mqtt_acl_reset`], lets both users
+/// (`MQTT_USER`, `MQTT_TEST_USER`) publish and subscribe to everything. An
+/// ACL-denied QoS 1 publish gets PUBACK 0x87 (Not authorized) over MQTT 5 and
+/// a normal PUBACK (the message dropped) over MQTT 3.1.1.
+pub fn mqtt_acl_set(acl: &str) {
+    use std::io::Write as _;
+    let ctl = var("TESTENV_CTL");
+    let mut child = Command::new(&ctl)
+        .args(["testenv", "mqtt-acl"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {ctl}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(acl.as_bytes())
+        .expect("write the ACL to `testenv mqtt-acl`");
+    let status = child.wait().expect("wait for `testenv mqtt-acl`");
+    assert!(status.success(), "`testenv mqtt-acl` failed for:\n{acl}");
+}
+
+/// Restores the ACL the `MQTT_ACL_URL` listener started with (both users may
+/// publish and subscribe to everything), like [`mqtt_acl_set`].
+pub fn mqtt_acl_reset() {
+    let ctl = var("TESTENV_CTL");
+    let status = Command::new(&ctl)
+        .args(["testenv", "mqtt-acl", "--reset"])
+        .stdin(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("run {ctl}: {e}"));
+    assert!(status.success(), "`testenv mqtt-acl --reset` failed");
+}
