@@ -158,17 +158,70 @@ pub fn kafka_acl(
     resource: KafkaResource<'_>,
     operations: &[KafkaOperation],
 ) {
-    if let Err(e) = try_kafka_acl(change, principal, resource, operations) {
+    if let Err(e) = run_kafka_acl(change, principal, &resource.ctl_args(), operations) {
         panic!("{e}");
     }
 }
 
-/// [`kafka_acl`] without the panic, for cleanup code that runs while a test
-/// is already panicking (a `Drop` guard).
-pub fn try_kafka_acl(
-    change: AclChange,
+/// Grants ALLOW ACLs like [`kafka_acl`] and revokes them when the returned
+/// guard is dropped, also when the test panics, so a failed test leaves no
+/// rights behind that would change the next test's outcome.
+pub fn kafka_grant(
     principal: &str,
     resource: KafkaResource<'_>,
+    operations: &[KafkaOperation],
+) -> KafkaGrant {
+    kafka_acl(AclChange::Grant, principal, resource, operations);
+    KafkaGrant {
+        principal: principal.to_string(),
+        resource_args: resource.ctl_args(),
+        operations: operations.to_vec(),
+    }
+}
+
+/// ACLs granted by [`kafka_grant`]; revoked on drop.
+#[must_use = "the ACLs are revoked as soon as this is dropped"]
+#[derive(Debug)]
+pub struct KafkaGrant {
+    principal: String,
+    resource_args: Vec<String>,
+    operations: Vec<KafkaOperation>,
+}
+
+impl Drop for KafkaGrant {
+    fn drop(&mut self) {
+        // No panic here: this may run while the test is already panicking.
+        if let Err(e) = run_kafka_acl(
+            AclChange::Revoke,
+            &self.principal,
+            &self.resource_args,
+            &self.operations,
+        ) {
+            eprintln!("revoking a test's Kafka ACLs failed: {e}");
+        }
+    }
+}
+
+impl KafkaResource<'_> {
+    /// The resource options of `testenv kafka-acl`.
+    fn ctl_args(self) -> Vec<String> {
+        let (flag, name) = match self {
+            Self::Topic(t) => ("--topic", Some(t)),
+            Self::Group(g) => ("--group", Some(g)),
+            Self::Cluster => ("--cluster", None),
+            Self::TransactionalId(id) => ("--transactional-id", Some(id)),
+        };
+        std::iter::once(flag.to_string())
+            .chain(name.map(str::to_string))
+            .collect()
+    }
+}
+
+/// Runs `$TESTENV_CTL testenv kafka-acl …`.
+fn run_kafka_acl(
+    change: AclChange,
+    principal: &str,
+    resource_args: &[String],
     operations: &[KafkaOperation],
 ) -> Result<(), String> {
     let ctl = std::env::var("TESTENV_CTL").map_err(|_| "TESTENV_CTL is not set".to_string())?;
@@ -179,19 +232,15 @@ pub fn try_kafka_acl(
         AclChange::Revoke => "revoke",
     });
     cmd.args(["--principal", principal]);
-    match resource {
-        KafkaResource::Topic(t) => cmd.args(["--topic", t]),
-        KafkaResource::Group(g) => cmd.args(["--group", g]),
-        KafkaResource::Cluster => cmd.arg("--cluster"),
-        KafkaResource::TransactionalId(id) => cmd.args(["--transactional-id", id]),
-    };
+    cmd.args(resource_args);
     for op in operations {
         cmd.args(["--operation", op.name()]);
     }
     let status = cmd.status().map_err(|e| format!("run {ctl}: {e}"))?;
     if !status.success() {
         return Err(format!(
-            "`testenv kafka-acl {change:?} {principal} {resource:?} {operations:?}` failed ({status})"
+            "`testenv kafka-acl {change:?} --principal {principal} {} {operations:?}` failed ({status})",
+            resource_args.join(" ")
         ));
     }
     Ok(())

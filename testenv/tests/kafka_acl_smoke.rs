@@ -121,40 +121,15 @@ fn timed(what: &str, f: impl FnOnce()) {
     println!("{what}: {} ms", t.elapsed().as_millis());
 }
 
-/// Revokes the ACLs it was made with when dropped, also when the test panics,
-/// so a failed run leaves no rights behind.
-struct Granted<'a> {
-    principal: String,
-    resource: KafkaResource<'a>,
-    operations: &'a [KafkaOperation],
-}
-
-impl<'a> Granted<'a> {
-    fn new(resource: KafkaResource<'a>, operations: &'a [KafkaOperation]) -> Self {
-        let principal = testenv::kafka_limited_principal();
-        timed(
-            &format!("kafka_acl grant {operations:?} on {resource:?}"),
-            || testenv::kafka_acl(AclChange::Grant, &principal, resource, operations),
-        );
-        Self {
-            principal,
-            resource,
-            operations,
-        }
-    }
-}
-
-impl Drop for Granted<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = testenv::try_kafka_acl(
-            AclChange::Revoke,
-            &self.principal,
-            self.resource,
-            self.operations,
-        ) {
-            eprintln!("cleanup: {e}");
-        }
-    }
+/// `testenv::kafka_grant` for the limited user, printing how long the grant took.
+fn grant(resource: KafkaResource<'_>, operations: &[KafkaOperation]) -> testenv::KafkaGrant {
+    let t = Instant::now();
+    let granted = testenv::kafka_grant(&testenv::kafka_limited_principal(), resource, operations);
+    println!(
+        "kafka_grant {operations:?} on {resource:?}: {} ms",
+        t.elapsed().as_millis()
+    );
+    granted
 }
 
 fn fatal_error(producer: &FutureProducer) -> Option<(RDKafkaErrorCode, String)> {
@@ -196,7 +171,7 @@ async fn limited_user_produces_only_while_it_has_write_and_describe() {
     // 2. The bridge's case: it may write to another topic (its other route),
     //    not to this one. Describe + Write on a topic is all an idempotent
     //    producer needs: no IdempotentWrite on the cluster.
-    let _other_grant = Granted::new(
+    let _other_grant = grant(
         KafkaResource::Topic(&other),
         &[KafkaOperation::Describe, KafkaOperation::Write],
     );
@@ -211,7 +186,7 @@ async fn limited_user_produces_only_while_it_has_write_and_describe() {
         "without ACLs on the topic: {refused}"
     );
 
-    let grant = Granted::new(
+    let topic_grant = grant(
         KafkaResource::Topic(&topic),
         &[KafkaOperation::Describe, KafkaOperation::Write],
     );
@@ -262,7 +237,7 @@ async fn limited_user_produces_only_while_it_has_write_and_describe() {
     send(&producer, &other, "other-route-still-works")
         .await
         .expect("the other topic keeps working");
-    drop(grant);
+    drop(topic_grant);
 
     let got = topic_contents(&topic, 2).await;
     assert!(
@@ -311,11 +286,11 @@ async fn limited_user_consumes_only_with_read_on_topic_and_group() {
         "{refused}"
     );
 
-    let _topic_grant = Granted::new(
+    let _topic_grant = grant(
         KafkaResource::Topic(&topic),
         &[KafkaOperation::Describe, KafkaOperation::Read],
     );
-    let _group_grant = Granted::new(KafkaResource::Group(&group), &[KafkaOperation::Read]);
+    let _group_grant = grant(KafkaResource::Group(&group), &[KafkaOperation::Read]);
     let started = Instant::now();
     let mut got = Vec::new();
     let mut errors = Vec::new();
