@@ -277,11 +277,45 @@ pub fn mqtt_acl_set(acl: &str) {
 /// Restores the ACL the `MQTT_ACL_URL` listener started with (both users may
 /// publish and subscribe to everything), like [`mqtt_acl_set`].
 pub fn mqtt_acl_reset() {
-    let ctl = var("TESTENV_CTL");
+    if let Err(e) = run_mqtt_acl_reset() {
+        panic!("{e}");
+    }
+}
+
+/// Sets the ACL like [`mqtt_acl_set`] and restores the default when the
+/// returned guard is dropped, also when the test panics. The ACL is
+/// broker-wide state: tests that change it must not run at the same time as
+/// other tests on `MQTT_ACL_URL` (one test per binary, or one after another).
+pub fn mqtt_acl_override(acl: &str) -> MqttAclOverride {
+    mqtt_acl_set(acl);
+    MqttAclOverride { _private: () }
+}
+
+/// An ACL set by [`mqtt_acl_override`]; the default comes back on drop.
+#[must_use = "the default ACL comes back as soon as this is dropped"]
+#[derive(Debug)]
+pub struct MqttAclOverride {
+    _private: (),
+}
+
+impl Drop for MqttAclOverride {
+    fn drop(&mut self) {
+        // No panic here: this may run while the test is already panicking.
+        if let Err(e) = run_mqtt_acl_reset() {
+            eprintln!("restoring the default MQTT ACL failed: {e}");
+        }
+    }
+}
+
+fn run_mqtt_acl_reset() -> Result<(), String> {
+    let ctl = std::env::var("TESTENV_CTL").map_err(|_| "TESTENV_CTL is not set".to_string())?;
     let status = Command::new(&ctl)
         .args(["testenv", "mqtt-acl", "--reset"])
         .stdin(std::process::Stdio::null())
         .status()
-        .unwrap_or_else(|e| panic!("run {ctl}: {e}"));
-    assert!(status.success(), "`testenv mqtt-acl --reset` failed");
+        .map_err(|e| format!("run {ctl}: {e}"))?;
+    if !status.success() {
+        return Err(format!("`testenv mqtt-acl --reset` failed ({status})"));
+    }
+    Ok(())
 }

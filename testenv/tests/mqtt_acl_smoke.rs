@@ -109,7 +109,7 @@ async fn denied_publish_is_refused_over_mqtt5_until_the_acl_allows_it() {
     let allowed = format!("{prefix}/allowed");
 
     let t = Instant::now();
-    testenv::mqtt_acl_set(&acl_allowing_bridge(&allowed));
+    let _restore_default = testenv::mqtt_acl_override(&acl_allowing_bridge(&allowed));
     println!(
         "mqtt_acl_set (deny {denied}) took {} ms",
         t.elapsed().as_millis()
@@ -190,5 +190,4 @@ async fn denied_publish_is_refused_over_mqtt5_until_the_acl_allows_it() {
             (allowed.clone(), "allowed-2".to_string()),
         ]
     );
-    testenv::mqtt_acl_reset();
 }

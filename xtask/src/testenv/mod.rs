@@ -38,7 +38,7 @@ pub enum Action {
     Start { server: String },
     /// Stop, then start one server.
     Restart { server: String },
-    /// Grant or revoke Kafka ACLs (fault tests; see `kafka.rs`).
+    /// Grant or revoke a Kafka principal's ALLOW ACLs; returns once the broker shows the change.
     KafkaAcl(kafka::AclArgs),
     /// Replace the ACL of the `MQTT_ACL_URL` listener with standard input and reload it.
     MqttAcl {
