@@ -13,7 +13,7 @@ use crate::paths;
 pub const KUBERNETES_VERSION: &str = "v1.35.4";
 /// kwok, the fake node that runs (pretends to run) the Pods.
 pub const KWOK_VERSION: &str = "v0.7.0";
-/// Apache Kafka; matches `xtask/maven/kafka/pom.xml`.
+/// Apache Kafka; matches `xtask/maven/kafka/pom.xml` and `xtask/maven/kafka-tools/pom.xml`.
 pub const KAFKA_VERSION: &str = "4.1.1";
 /// Helm, for the chart tests and for rendering `deploy/`.
 pub const HELM_VERSION: &str = "v3.22.0";
@@ -39,7 +39,9 @@ impl Toolchain {
     pub fn ensure() -> Result<Self> {
         let k8s_bin = ensure_kubernetes()?;
         let kwok = ensure_kwok()?;
-        let kafka_libs = ensure_kafka()?;
+        let kafka_libs = ensure_maven_classpath("kafka", "libs", "Apache Kafka")?;
+        // Fetched with the servers, so `testenv kafka-acl` never downloads mid-test.
+        ensure_kafka_tools()?;
         Ok(Self {
             etcd: etcd_bin_vendored::etcd_bin_path()
                 .map_err(|e| anyhow::anyhow!("etcd-bin-vendored: {e:?}"))?
@@ -170,12 +172,19 @@ pub fn ensure_helm() -> Result<PathBuf> {
     Ok(helm)
 }
 
-fn ensure_kafka() -> Result<PathBuf> {
-    let libs = paths::cache()
-        .join("kafka")
-        .join(KAFKA_VERSION)
-        .join("libs");
-    let pom = paths::workspace().join("xtask/maven/kafka/pom.xml");
+/// Kafka's command-line tools (`AclCommand`) with their own classpath, fetched once.
+pub fn ensure_kafka_tools() -> Result<PathBuf> {
+    ensure_maven_classpath("kafka-tools", "tools", "Apache Kafka's tools")
+}
+
+/// Fetches the runtime classpath of `xtask/maven/<pom_dir>/pom.xml` into
+/// `<cache>/kafka/<version>/<dest>` once.
+fn ensure_maven_classpath(pom_dir: &str, dest: &str, what: &str) -> Result<PathBuf> {
+    let libs = paths::cache().join("kafka").join(KAFKA_VERSION).join(dest);
+    let pom = paths::workspace()
+        .join("xtask/maven")
+        .join(pom_dir)
+        .join("pom.xml");
     let pom_text =
         std::fs::read_to_string(&pom).with_context(|| format!("read {}", pom.display()))?;
     // The marker holds the pom it was fetched with, so a changed pom refetches.
@@ -183,7 +192,7 @@ fn ensure_kafka() -> Result<PathBuf> {
         return Ok(libs);
     }
     eprintln!(
-        "xtask: fetching Apache Kafka {KAFKA_VERSION} from Maven Central; first time only, about a minute…"
+        "xtask: fetching {what} {KAFKA_VERSION} from Maven Central; first time only, about a minute…"
     );
     let tmp = libs.with_extension("partial");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -193,7 +202,10 @@ fn ensure_kafka() -> Result<PathBuf> {
         .arg("dependency:copy-dependencies")
         .arg("-DincludeScope=runtime")
         .arg(format!("-DoutputDirectory={}", tmp.display()));
-    run(&mut cmd, "mvn dependency:copy-dependencies for Kafka")?;
+    run(
+        &mut cmd,
+        &format!("mvn dependency:copy-dependencies for {what}"),
+    )?;
     std::fs::write(tmp.join(".complete"), pom_text)?;
     replace_dir(&tmp, &libs)?;
     Ok(libs)

@@ -1,9 +1,18 @@
 //! Apache Kafka, one KRaft node (broker and controller in one process) with
 //! PLAINTEXT, SASL_PLAINTEXT (PLAIN and SCRAM-SHA-512) and SASL_SSL (SCRAM-SHA-512) listeners.
+//!
+//! Authorization is on (`StandardAuthorizer`) so fault tests can take rights
+//! away, but every principal other tests use is a super user and stays
+//! unrestricted: `User:ANONYMOUS` (the PLAINTEXT listener, which is also the
+//! inter-broker listener, and the controller listener), `bridge-plain` and
+//! `bridge-scram`. Only `bridge-limited` (SCRAM-SHA-512 and -256) is subject
+//! to ACLs, and it has none until a test grants them with [`acl`]
+//! (`cargo xtask testenv kafka-acl`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -32,6 +41,8 @@ pub fn configure(
     let plain_password = super::random_secret();
     let scram_user = "bridge-scram";
     let scram_password = super::random_secret();
+    let limited_user = LIMITED_USER;
+    let limited_password = super::random_secret();
     let data = dir.join("data");
     let properties = format!(
         "process.roles=broker,controller\n\
@@ -53,6 +64,9 @@ pub fn configure(
          share.coordinator.state.topic.replication.factor=1\n\
          share.coordinator.state.topic.min.isr=1\n\
          group.initial.rebalance.delay.ms=0\n\
+         # ACLs apply only to principals that are not listed here ({limited_user}).\n\
+         authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n\
+         super.users=User:ANONYMOUS;User:{plain_user};User:{scram_user}\n\
          listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512\n\
          listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_{plain_user}=\"{plain_password}\";\n\
          listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
@@ -115,6 +129,11 @@ pub fn configure(
             // The same user and password for SCRAM-SHA-256 (SASL_PLAINTEXT listener).
             "--add-scram",
             &format!("SCRAM-SHA-256=[name=\"{scram_user}\",password=\"{scram_password}\"]"),
+            // The user whose rights fault tests grant and revoke; none by default.
+            "--add-scram",
+            &format!("SCRAM-SHA-512=[name=\"{limited_user}\",password=\"{limited_password}\"]"),
+            "--add-scram",
+            &format!("SCRAM-SHA-256=[name=\"{limited_user}\",password=\"{limited_password}\"]"),
         ]);
     let out = format.output().context("run Kafka StorageTool")?;
     if !out.status.success() {
@@ -143,6 +162,8 @@ pub fn configure(
     vars.insert("KAFKA_PLAIN_PASSWORD".into(), plain_password);
     vars.insert("KAFKA_SCRAM_USER".into(), scram_user.into());
     vars.insert("KAFKA_SCRAM_PASSWORD".into(), scram_password);
+    vars.insert("KAFKA_LIMITED_USER".into(), limited_user.into());
+    vars.insert("KAFKA_LIMITED_PASSWORD".into(), limited_password);
     vars.insert("KAFKA_CA_FILE".into(), pki.ca_cert.display().to_string());
     Ok(Server {
         name: "kafka".into(),
@@ -156,4 +177,228 @@ pub fn configure(
         stop_timeout_secs: 30,
         pid: None,
     })
+}
+
+/// The SCRAM user that has no rights until a test grants them.
+pub const LIMITED_USER: &str = "bridge-limited";
+
+/// How long a granted or revoked ACL may take to show at the broker.
+const ACL_APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `cargo xtask testenv kafka-acl grant|revoke --principal User:… <resource> --operation …`:
+/// changes ALLOW ACLs and returns once the broker reports the change
+/// (its `DescribeAcls` answer comes from the authorizer that decides requests).
+#[derive(clap::Args, Clone, Debug)]
+#[command(group(
+    clap::ArgGroup::new("resource")
+        .required(true)
+        .args(["topic", "group", "cluster", "transactional_id"])
+))]
+pub struct AclArgs {
+    pub change: AclChange,
+    /// For example `User:bridge-limited`.
+    #[arg(long)]
+    pub principal: String,
+    /// A topic name (literal).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// A consumer group id (literal).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// The cluster (for `IdempotentWrite`).
+    #[arg(long)]
+    pub cluster: bool,
+    /// A transactional id (literal).
+    #[arg(long)]
+    pub transactional_id: Option<String>,
+    /// Repeat for several operations on the same resource.
+    #[arg(long = "operation", required = true, ignore_case = true)]
+    pub operations: Vec<AclOperation>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AclChange {
+    Grant,
+    Revoke,
+}
+
+/// Kafka's ACL operations, spelled as `kafka-acls.sh` takes them.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AclOperation {
+    #[value(name = "Read")]
+    Read,
+    #[value(name = "Write")]
+    Write,
+    #[value(name = "Create")]
+    Create,
+    #[value(name = "Delete")]
+    Delete,
+    #[value(name = "Alter")]
+    Alter,
+    #[value(name = "Describe")]
+    Describe,
+    #[value(name = "DescribeConfigs")]
+    DescribeConfigs,
+    #[value(name = "AlterConfigs")]
+    AlterConfigs,
+    #[value(name = "IdempotentWrite")]
+    IdempotentWrite,
+    #[value(name = "All")]
+    All,
+}
+
+impl AclOperation {
+    /// The name `kafka-acls.sh` takes.
+    fn cli_name(self) -> &'static str {
+        match self {
+            Self::Read => "Read",
+            Self::Write => "Write",
+            Self::Create => "Create",
+            Self::Delete => "Delete",
+            Self::Alter => "Alter",
+            Self::Describe => "Describe",
+            Self::DescribeConfigs => "DescribeConfigs",
+            Self::AlterConfigs => "AlterConfigs",
+            Self::IdempotentWrite => "IdempotentWrite",
+            Self::All => "All",
+        }
+    }
+
+    /// The name in a listed ACL (`operation=IDEMPOTENT_WRITE`).
+    fn listed_name(self) -> &'static str {
+        match self {
+            Self::Read => "READ",
+            Self::Write => "WRITE",
+            Self::Create => "CREATE",
+            Self::Delete => "DELETE",
+            Self::Alter => "ALTER",
+            Self::Describe => "DESCRIBE",
+            Self::DescribeConfigs => "DESCRIBE_CONFIGS",
+            Self::AlterConfigs => "ALTER_CONFIGS",
+            Self::IdempotentWrite => "IDEMPOTENT_WRITE",
+            Self::All => "ALL",
+        }
+    }
+}
+
+impl AclArgs {
+    /// The resource options for `kafka-acls.sh`.
+    fn resource_args(&self) -> Vec<String> {
+        if let Some(topic) = &self.topic {
+            vec!["--topic".into(), topic.clone()]
+        } else if let Some(group) = &self.group {
+            vec!["--group".into(), group.clone()]
+        } else if let Some(id) = &self.transactional_id {
+            vec!["--transactional-id".into(), id.clone()]
+        } else {
+            vec!["--cluster".into()]
+        }
+    }
+
+    /// The ACL entry as `kafka-acls.sh --list` prints it.
+    fn listed_entry(&self, operation: AclOperation) -> String {
+        format!(
+            "(principal={}, host=*, operation={}, permissionType=ALLOW)",
+            self.principal,
+            operation.listed_name()
+        )
+    }
+}
+
+/// Grants or revokes ACLs through Kafka's own `AclCommand` (over the PLAINTEXT
+/// listener, whose principal is a super user), then lists the resource's ACLs
+/// until the broker shows the change.
+pub fn acl(dir: &Path, args: &AclArgs) -> Result<()> {
+    let started = Instant::now();
+    let state = super::load(dir)?
+        .context("the test environment is not up: run `cargo xtask testenv up`")?;
+    let kafka = state
+        .servers
+        .iter()
+        .find(|s| s.name == "kafka")
+        .context("the test environment has no kafka server")?;
+    if !kafka.is_running() {
+        bail!("kafka is not running: `cargo xtask testenv start kafka` starts it again");
+    }
+    let bootstrap = state
+        .vars
+        .get("KAFKA_BOOTSTRAP")
+        .context("KAFKA_BOOTSTRAP missing from the test environment state")?;
+    let tools = crate::toolchain::ensure_kafka_tools()?;
+    let acl_command = |action: &[&str], with_operations: bool| -> Result<String> {
+        let mut cmd = Command::new(&kafka.program);
+        cmd.args([
+            // A short-lived admin client: start fast, stay small.
+            "-Xms32m",
+            "-Xmx256m",
+            "-XX:TieredStopAtLevel=1",
+            "-XX:+UseSerialGC",
+            "-Djava.awt.headless=true",
+            "-cp",
+        ])
+        .arg(format!("{}/*", tools.display()))
+        .args(["org.apache.kafka.tools.AclCommand", "--bootstrap-server"])
+        .arg(bootstrap)
+        .args(action)
+        .args(args.resource_args());
+        if with_operations {
+            cmd.args(["--allow-principal", &args.principal]);
+            for op in &args.operations {
+                cmd.args(["--operation", op.cli_name()]);
+            }
+        }
+        let out = cmd.output().context("run Kafka's AclCommand")?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "kafka-acls {} failed ({}): {}{}",
+                action.join(" "),
+                out.status,
+                stdout.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(stdout)
+    };
+    match args.change {
+        AclChange::Grant => acl_command(&["--add"], true)?,
+        AclChange::Revoke => acl_command(&["--remove", "--force"], true)?,
+    };
+    let changed_at = started.elapsed();
+    let want_present = args.change == AclChange::Grant;
+    let deadline = Instant::now() + ACL_APPLY_TIMEOUT;
+    loop {
+        let listed = acl_command(&["--list"], false)?;
+        let done = args
+            .operations
+            .iter()
+            .all(|op| listed.contains(&args.listed_entry(*op)) == want_present);
+        if done {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the broker does not show the {:?} of {:?} for {} after {}s; it lists:\n{}",
+                args.change,
+                args.operations,
+                args.principal,
+                ACL_APPLY_TIMEOUT.as_secs(),
+                listed.trim()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "xtask: {} {:?} on {} for {}: changed in {} ms, shown by the broker after {} ms",
+        match args.change {
+            AclChange::Grant => "granted",
+            AclChange::Revoke => "revoked",
+        },
+        args.operations,
+        args.resource_args().join(" "),
+        args.principal,
+        changed_at.as_millis(),
+        started.elapsed().as_millis()
+    );
+    Ok(())
 }

@@ -38,6 +38,14 @@ pub enum Action {
     Start { server: String },
     /// Stop, then start one server.
     Restart { server: String },
+    /// Grant or revoke a Kafka principal's ALLOW ACLs; returns once the broker shows the change.
+    KafkaAcl(kafka::AclArgs),
+    /// Replace the ACL of the `MQTT_ACL_URL` listener with standard input and reload it.
+    MqttAcl {
+        /// Restore the default ACL instead (both users may do anything).
+        #[arg(long)]
+        reset: bool,
+    },
 }
 
 /// What `up` recorded: the servers and the variables tests read.
@@ -84,6 +92,8 @@ pub fn run(action: Action) -> Result<()> {
             s.stop()?;
             start_and_wait(s, logs)
         }),
+        Action::KafkaAcl(args) => kafka::acl(&dir, &args),
+        Action::MqttAcl { reset } => mosquitto::set_acl_command(&dir, reset),
     }
 }
 
@@ -142,7 +152,7 @@ pub fn up(dir: &Path) -> Result<bool> {
 /// First `up` of this state directory: ports, certificates, configuration files.
 fn configure(dir: &Path, tools: &Toolchain) -> Result<State> {
     std::fs::create_dir_all(dir.join("logs"))?;
-    let ports = process::free_ports(13)?;
+    let ports = process::free_ports(14)?;
     let pki = certs::generate(&dir.join("pki"))?;
     let mut vars = BTreeMap::new();
     let kafka = kafka::configure(
@@ -165,6 +175,7 @@ fn configure(dir: &Path, tools: &Toolchain) -> Result<State> {
             anonymous: ports[4],
             password: ports[5],
             tls: ports[6],
+            acl: ports[13],
         },
         &mut vars,
     )?;
