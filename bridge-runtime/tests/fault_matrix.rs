@@ -611,9 +611,19 @@ async fn retained_once(protocol: &str) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let records = read_topic_until(&p, Duration::from_secs(5), |_| false);
     let counted = numbers(&records);
-    let replays =
-        bridge.metric("bridge_messages_dropped_total{route=\"\",reason=\"retained_replay\"}");
+    let replays = bridge
+        .metric("bridge_messages_dropped_total{route=\"\",reason=\"retained_replay\"}")
+        as u64;
     assert_eq!(counted.len(), RETAINED as usize + 1, "{counted:?}");
+    // Over 3.1.1 the broker replays all retained messages on the resumed
+    // session's re-subscription (and the bridge acknowledges them unproduced);
+    // over MQTT 5 Retain Handling 1 means it does not send them at all.
+    let expected_replays = if protocol == "5" {
+        0
+    } else {
+        u64::from(RETAINED)
+    };
+    assert_eq!(replays, expected_replays, "{}", bridge.log());
     assert!(
         counted.values().all(|&c| c == 1),
         "each retained message once: {counted:?}\n{}",
@@ -747,7 +757,7 @@ async fn kafka_acl_missing_holds_until_granted() {
         testenv::var("KAFKA_SASL_BOOTSTRAP"),
         testenv::var("KAFKA_LIMITED_USER"),
     );
-    let mut bridge = Bridge::start(&p, &config);
+    let bridge = Bridge::start(&p, &config);
     // Not ready from the start: the fixed topic `{denied}` cannot be produced to.
     let deadline = Instant::now() + Duration::from_secs(30);
     while bridge.get("/healthz").map(|r| r.0) != Some(200) {

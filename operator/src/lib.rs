@@ -2,7 +2,8 @@
 //!
 //! One file per step of a reconcile: [`resolve`] (read referenced Secrets) →
 //! [`validate`] (what CEL cannot check) → [`build`] (pure child objects) →
-//! [`apply`] (server-side apply) → [`status`] (conditions). [`controller`]
+//! [`apply`] (server-side apply) → [`observe`] (what the pods say of
+//! themselves) → [`status`] (conditions). [`controller`]
 //! wires them to the watches; [`run`] is the whole operator process minus
 //! argument parsing, so tests can run it in-process with any client.
 
@@ -15,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod observe;
 pub mod resolve;
 pub mod status;
 pub mod validate;
