@@ -29,6 +29,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(crds::report::REPORT_PATH, get(report))
         .route("/metrics", get(metrics))
         .with_state(observability);
     Ok(tokio::spawn(async move {
@@ -56,7 +57,7 @@ async fn healthz(State(o): State<Arc<Observability>>) -> impl IntoResponse {
 
 /// 200 `ready` or 503 `not ready: <what>, <what>`; a second line says how
 /// many undeliverable messages were dropped (routes without a dead-letter
-/// topic), so that the operator can put it in the bridge's status.
+/// topic). For people; the operator reads the same from `/report`.
 async fn readyz(State(o): State<Arc<Observability>>) -> impl IntoResponse {
     let missing = o.health.not_ready();
     let drops = o
@@ -72,6 +73,12 @@ async fn readyz(State(o): State<Arc<Observability>>) -> impl IntoResponse {
             format!("not ready: {}\n{drops}", missing.join(", ")),
         )
     }
+}
+
+/// The bridge's own account of itself, as JSON, for the operator.
+async fn report(State(o): State<Arc<Observability>>) -> impl IntoResponse {
+    let body = serde_json::to_string(&o.health.report()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
 async fn metrics(State(o): State<Arc<Observability>>) -> impl IntoResponse {

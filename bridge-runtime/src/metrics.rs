@@ -209,9 +209,6 @@ pub struct Health {
     last_drop: Mutex<Option<(String, &'static str, Instant)>>,
 }
 
-/// How the `/readyz` line on dropped messages starts; the operator looks for it.
-pub const DROPPED_PREFIX: &str = "dropped";
-
 /// A destination refusing a route's messages until someone fixes something
 /// (an ACL, a missing topic, a quota); `/readyz` lists them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -257,6 +254,17 @@ impl Health {
         }
     }
 
+    /// Replaces what pipeline `owner` reports as refusing its messages.
+    pub fn set_refusals(&self, owner: &str, refusals: Vec<Refusal>) {
+        if let Ok(mut map) = self.refusals.lock() {
+            if refusals.is_empty() {
+                map.remove(owner);
+            } else {
+                map.insert(owner.to_owned(), refusals);
+            }
+        }
+    }
+
     /// An undeliverable message of `route` was dropped (the route has no
     /// dead-letter topic): `/readyz` reports it, and so the bridge's status.
     pub fn record_drop(&self, route: &str, reason: &'static str) {
@@ -269,27 +277,55 @@ impl Health {
     /// One line on the undeliverable messages dropped since start, if any:
     /// `dropped 3 undeliverable messages; last: route r, reason too_large, 12 s ago`.
     pub fn drops(&self) -> Option<String> {
+        let d = self.drop_report()?;
+        Some(format!(
+            "dropped {} undeliverable messages; last: route {}, reason {}, {} s ago",
+            d.count, d.route, d.reason, d.seconds_ago
+        ))
+    }
+
+    fn drop_report(&self) -> Option<crds::report::DropReport> {
         let count = self.dropped.load(Ordering::Relaxed);
         if count == 0 {
             return None;
         }
-        let last = self.last_drop.lock().ok()?.clone()?;
-        Some(format!(
-            "{DROPPED_PREFIX} {count} undeliverable messages; last: route {}, reason {}, {} s ago",
-            last.0,
-            last.1,
-            last.2.elapsed().as_secs()
-        ))
+        let (route, reason, at) = self.last_drop.lock().ok()?.clone()?;
+        Some(crds::report::DropReport {
+            count,
+            route,
+            reason: reason.to_owned(),
+            seconds_ago: at.elapsed().as_secs(),
+        })
     }
 
-    /// Replaces what pipeline `owner` reports as refusing its messages.
-    pub fn set_refusals(&self, owner: &str, refusals: Vec<Refusal>) {
-        if let Ok(mut map) = self.refusals.lock() {
-            if refusals.is_empty() {
-                map.remove(owner);
-            } else {
-                map.insert(owner.to_owned(), refusals);
-            }
+    /// The bridge's own account of itself for the operator (`/report`).
+    pub fn report(&self) -> crds::report::BridgeReport {
+        let not_ready: Vec<String> = self
+            .not_connected()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let refusals: Vec<crds::report::RefusalReport> = self
+            .refusals
+            .lock()
+            .map(|map| {
+                map.values()
+                    .flatten()
+                    .map(|r| crds::report::RefusalReport {
+                        route: r.route.clone(),
+                        target: r.target.clone(),
+                        reason: r.reason.to_owned(),
+                        held: r.held as u64,
+                        seconds: r.since.elapsed().as_secs(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        crds::report::BridgeReport {
+            ready: not_ready.is_empty() && refusals.is_empty(),
+            not_ready,
+            refusals,
+            dropped: self.drop_report(),
         }
     }
 

@@ -141,6 +141,13 @@ async fn wait_acked(acked: &std::sync::atomic::AtomicU64, count: u64, timeout: D
     }
 }
 
+/// The bridge's `/report`, which the operator reads into the bridge's status.
+fn bridge_report(bridge: &Bridge) -> crds::report::BridgeReport {
+    let (status, body) = bridge.get(crds::report::REPORT_PATH).expect("/report");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("/report is a BridgeReport")
+}
+
 /// The numbers (payloads) of records, counted.
 fn numbers(records: &[common::Record]) -> BTreeMap<u32, usize> {
     let mut out = BTreeMap::new();
@@ -232,6 +239,17 @@ async fn oversized_mqtt_message_is_dead_lettered_not_looped() {
     assert!(
         body.contains("dropped 1 undeliverable messages; last: route without-dl, reason too_large"),
         "{body}"
+    );
+    let report = bridge_report(&bridge);
+    assert!(report.ready, "{report:?}");
+    let reported = report.dropped.expect("dropped messages reported");
+    assert_eq!(
+        (
+            reported.count,
+            reported.route.as_str(),
+            reported.reason.as_str()
+        ),
+        (1, "without-dl", "too_large")
     );
     // Acknowledged, not redelivered: no reconnect, nothing held back.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -804,6 +822,15 @@ async fn kafka_acl_missing_holds_until_granted() {
     assert!(
         bridge.metric("bridge_in_flight_messages{side=\"mqtt\"") > 0.0,
         "nothing acknowledged past the refused records"
+    );
+    // The same, for the operator, as JSON.
+    let report = bridge_report(&bridge);
+    assert!(!report.ready);
+    assert!(
+        report.refusals.iter().any(|r| r.route == "refused"
+            && r.target == format!("Kafka topic {denied}")
+            && r.reason == "kafka_topic_authorization_failed"),
+        "{report:?}"
     );
     println!("fault-matrix | (refused) /readyz: {}", readyz.trim());
     let granted_at = Instant::now();

@@ -10,6 +10,7 @@
 pub mod bridge;
 pub mod kafka;
 pub mod mqtt;
+pub mod report;
 pub mod route;
 pub mod secret;
 

@@ -1,15 +1,16 @@
-//! What the bridge pods say about themselves: the body of each running
-//! pod's `/readyz` (the kubelet keeps only its status code). It names what
-//! refuses a route's messages (`route r: Kafka topic t refuses messages
-//! (kafka_topic_authorization_failed) …`) and counts undeliverable messages
-//! dropped for want of a dead-letter topic, which [`crate::status`] turns
-//! into the bridge's Ready message and its `MessagesDropped` condition.
+//! What the bridge pods say about themselves: each running pod's
+//! [`BridgeReport`] (`GET /report`; the kubelet keeps only the status code of
+//! `/readyz`). It names what refuses a route's messages (an ACL not granted,
+//! a missing topic) and counts undeliverable messages dropped for want of a
+//! dead-letter topic, which [`crate::status`] turns into the bridge's Ready
+//! message and its `MessagesDropped` condition.
 //!
 //! I/O at the edge: one short HTTP GET per running pod, in parallel, to the
 //! pod's `http` container port; a pod that does not answer is left out.
 
 use std::time::Duration;
 
+use crds::report::{BridgeReport, REPORT_PATH};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
@@ -18,7 +19,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 /// How long one pod may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest `/readyz` body read.
+/// Largest report read.
 const MAX_BODY: usize = 16 * 1024;
 
 /// One pod's own account of itself.
@@ -26,10 +27,8 @@ const MAX_BODY: usize = 16 * 1024;
 pub struct PodReport {
     /// Pod name.
     pub pod: String,
-    /// Whether `/readyz` answered 200.
-    pub ready: bool,
-    /// The body, trimmed.
-    pub text: String,
+    /// What it said.
+    pub report: BridgeReport,
 }
 
 /// The `http` container port and IP of a running pod.
@@ -54,7 +53,7 @@ fn address(pod: &Pod) -> Option<String> {
     })
 }
 
-/// Asks every running pod for its `/readyz`.
+/// Asks every running pod for its report.
 pub async fn pod_reports(pods: &[Pod]) -> Vec<PodReport> {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let asks = pods.iter().filter_map(|pod| {
@@ -62,28 +61,26 @@ pub async fn pod_reports(pods: &[Pod]) -> Vec<PodReport> {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let client = client.clone();
         Some(async move {
-            let uri: hyper::Uri = format!("http://{address}/readyz").parse().ok()?;
+            let uri: hyper::Uri = format!("http://{address}{REPORT_PATH}").parse().ok()?;
             let answer = tokio::time::timeout(TIMEOUT, async {
                 let response = client.get(uri).await.ok()?;
-                let ready = response.status().is_success();
+                if !response.status().is_success() {
+                    return None;
+                }
                 let body = Limited::new(response.into_body(), MAX_BODY)
                     .collect()
                     .await
                     .ok()?
                     .to_bytes();
-                Some((ready, String::from_utf8_lossy(&body).trim().to_owned()))
+                serde_json::from_slice::<BridgeReport>(&body).ok()
             })
             .await
             .ok()
             .flatten();
             if answer.is_none() {
-                tracing::debug!(pod = name, address, "no /readyz answer");
+                tracing::debug!(pod = name, address, "no report");
             }
-            answer.map(|(ready, text)| PodReport {
-                pod: name,
-                ready,
-                text,
-            })
+            answer.map(|report| PodReport { pod: name, report })
         })
     });
     futures::future::join_all(asks)
@@ -129,15 +126,20 @@ mod tests {
     async fn reads_status_and_body_and_skips_silent_pods() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let app = axum::Router::new().route(
-            "/readyz",
-            axum::routing::get(|| async {
-                (
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: kafka not reachable\ndropped 2 undeliverable messages; last: route r, reason too_large, 1 s ago\n",
-                )
+        let said = BridgeReport {
+            ready: false,
+            not_ready: vec!["kafka not reachable".into()],
+            refusals: Vec::new(),
+            dropped: Some(crds::report::DropReport {
+                count: 2,
+                route: "r".into(),
+                reason: "too_large".into(),
+                seconds_ago: 1,
             }),
-        );
+        };
+        let body = serde_json::to_string(&said).unwrap();
+        let app =
+            axum::Router::new().route(REPORT_PATH, axum::routing::get(move || async move { body }));
         tokio::spawn(async move { axum::serve(listener, app).await });
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let silent_port = silent.local_addr().unwrap().port();
@@ -147,11 +149,7 @@ mod tests {
         ])
         .await;
         assert_eq!(reports.len(), 1, "{reports:?}");
-        assert!(!reports[0].ready);
-        assert!(
-            reports[0].text.ends_with("reason too_large, 1 s ago"),
-            "{reports:?}"
-        );
+        assert_eq!(reports[0].report, said);
         drop(silent);
     }
 }
