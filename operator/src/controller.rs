@@ -25,6 +25,7 @@ use crate::apply::{
 use crate::build::{self, BRIDGE_LABEL, BuildSettings, MANAGER, pod_selector};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::observe;
 use crate::resolve::{referenced_secret_names, resolve};
 use crate::status::{self, READY};
 use crate::validate::validate;
@@ -48,8 +49,11 @@ pub struct Context {
 /// Requeue interval of a bridge that is not Ready yet (a pod's termination
 /// message does not change any watched object).
 const NOT_READY_REQUEUE: Duration = Duration::from_secs(15);
-/// Periodic resync of a healthy bridge.
+/// Periodic resync of a bridge with a user error (a fix triggers a reconcile).
 const RESYNC: Duration = Duration::from_secs(600);
+/// A Ready bridge's pods are asked for their reports this often: messages
+/// dropped or refused change no watched object.
+const SELF_REPORT_REQUEUE: Duration = Duration::from_secs(60);
 /// Triggers of one bridge within this window make one reconcile: creating a
 /// bridge sets off a burst (its ConfigMap, Deployment and every Deployment
 /// status step, its own status patch), and with 500 bridges reconciling each
@@ -133,10 +137,12 @@ async fn reconcile_inner(
         )
         .await?
         .items;
+    let reports = observe::pod_reports(&pods).await;
     let new = status::compute(
         bridge,
         &deployments,
         &pods,
+        &reports,
         user_error.as_ref(),
         status::now(),
     );
@@ -161,7 +167,7 @@ async fn reconcile_inner(
         // Secrets and the bridge are watched: a fix triggers a reconcile.
         (Some(_), _) => Action::requeue(RESYNC),
         (None, false) => Action::requeue(NOT_READY_REQUEUE),
-        (None, true) => Action::requeue(RESYNC),
+        (None, true) => Action::requeue(SELF_REPORT_REQUEUE),
     };
     Ok((action, user_error.as_ref().map(Error::reason)))
 }

@@ -9,9 +9,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::build::{SLOT_LABEL, pod_selector};
 use crate::error::Error;
+use crate::observe::PodReport;
 
 /// Type of the summary condition.
 pub const READY: &str = "Ready";
+/// Type of the condition saying whether undeliverable messages are dropped
+/// (routes without a dead-letter topic).
+pub const MESSAGES_DROPPED: &str = "MessagesDropped";
 
 /// The Ready condition's status, reason and message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,11 +74,14 @@ pub fn failure_message(pod: &Pod) -> Option<String> {
     })
 }
 
-/// Decides the Ready condition.
+/// Decides the Ready condition. `reports` are what the running pods say of
+/// themselves: they explain an unavailable slot (what refuses messages,
+/// what is unreachable).
 pub fn readiness(
     desired: i32,
     deployments: &[Deployment],
     pods: &[Pod],
+    reports: &[PodReport],
     error: Option<&Error>,
 ) -> Readiness {
     if let Some(e) = error {
@@ -131,11 +138,30 @@ pub fn readiness(
         .filter_map(|d| d.metadata.name.as_deref())
         .collect();
     if !unavailable.is_empty() {
-        return Readiness::new(
-            "False",
-            "ReplicasUnavailable",
-            format!("no available pod in {}", unavailable.join(", ")),
-        );
+        // Summaries without changing figures: the message must not change on
+        // every look, or each status write would trigger the next reconcile.
+        let refusals: Vec<String> = reports
+            .iter()
+            .flat_map(|r| {
+                r.report
+                    .refusals
+                    .iter()
+                    .map(move |f| format!("pod {}: {}", r.pod, f.summary()))
+            })
+            .collect();
+        if !refusals.is_empty() {
+            return Readiness::new("False", "MessagesRefused", refusals.join("; "));
+        }
+        let said: Vec<String> = reports
+            .iter()
+            .filter(|r| !r.report.not_ready.is_empty())
+            .map(|r| format!("pod {}: {}", r.pod, r.report.not_ready.join(", ")))
+            .collect();
+        let mut message = format!("no available pod in {}", unavailable.join(", "));
+        if !said.is_empty() {
+            message = format!("{message} ({})", said.join("; "));
+        }
+        return Readiness::new("False", "ReplicasUnavailable", message);
     }
     Readiness::new(
         "True",
@@ -144,24 +170,77 @@ pub fn readiness(
     )
 }
 
+/// The MessagesDropped condition from the pods' reports; `None` when no pod
+/// answered (nothing known: the stored condition stays).
+pub fn dropped(reports: &[PodReport]) -> Option<Readiness> {
+    if reports.is_empty() {
+        return None;
+    }
+    let dropping: Vec<String> = reports
+        .iter()
+        .filter_map(|r| {
+            let d = r.report.dropped.as_ref()?;
+            Some(format!(
+                "pod {} dropped undeliverable messages since it started (last: route {}, reason {})",
+                r.pod, d.route, d.reason
+            ))
+        })
+        .collect();
+    Some(if dropping.is_empty() {
+        Readiness::new(
+            "False",
+            "NoneDropped",
+            "no undeliverable message dropped".into(),
+        )
+    } else {
+        Readiness::new(
+            "True",
+            "UndeliverableDropped",
+            format!(
+                "{}; give the route a deadLetterTopic to keep them (bridge_messages_dropped_total counts them)",
+                dropping.join("; ")
+            ),
+        )
+    })
+}
+
+/// A condition from a verdict, keeping `lastTransitionTime` unless the
+/// status flips.
+fn condition(
+    type_: &str,
+    r: Readiness,
+    previous: Option<&Condition>,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let last_transition_time = match previous {
+        Some(p) if p.status == r.status => p.last_transition_time.clone(),
+        _ => now.clone(),
+    };
+    Condition {
+        type_: type_.into(),
+        status: r.status.into(),
+        reason: r.reason,
+        message: r.message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
 /// The full status. `lastTransitionTime` is kept unless the condition's
 /// status flips, so recomputing an unchanged state yields an equal value.
 pub fn compute(
     bridge: &MqttKafkaBridge,
     deployments: &[Deployment],
     pods: &[Pod],
+    reports: &[PodReport],
     error: Option<&Error>,
     now: Time,
 ) -> MqttKafkaBridgeStatus {
     let old = bridge.status.clone().unwrap_or_default();
     let generation = bridge.metadata.generation;
     let desired = bridge.spec.replicas;
-    let r = readiness(desired, deployments, pods, error);
-    let previous = old.condition(READY);
-    let last_transition_time = match previous {
-        Some(p) if p.status == r.status => p.last_transition_time.clone(),
-        _ => now,
-    };
+    let r = readiness(desired, deployments, pods, reports, error);
     let sum = |f: fn(&k8s_openapi::api::apps::v1::DeploymentStatus) -> Option<i32>| {
         deployments
             .iter()
@@ -169,20 +248,24 @@ pub fn compute(
             .sum::<i32>()
     };
     let ready_replicas = sum(|s| s.ready_replicas);
+    let dropped = dropped(reports);
     let mut conditions: Vec<Condition> = old
         .conditions
         .iter()
-        .filter(|c| c.type_ != READY)
+        .filter(|c| c.type_ != READY && (dropped.is_none() || c.type_ != MESSAGES_DROPPED))
         .cloned()
         .collect();
-    conditions.push(Condition {
-        type_: READY.into(),
-        status: r.status.into(),
-        reason: r.reason,
-        message: r.message,
-        observed_generation: generation,
-        last_transition_time,
-    });
+    conditions.push(condition(READY, r, old.condition(READY), generation, &now));
+    if let Some(d) = dropped {
+        conditions.push(condition(
+            MESSAGES_DROPPED,
+            d,
+            old.condition(MESSAGES_DROPPED),
+            generation,
+            &now,
+        ));
+    }
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     MqttKafkaBridgeStatus {
         observed_generation: generation,
         replicas: sum(|s| s.replicas),
@@ -235,19 +318,19 @@ mod tests {
     #[test]
     fn ready_only_when_every_slot_is_rolled_out_and_available() {
         let ok = [slot(0, 2, 1, 1), slot(1, 2, 1, 1)];
-        assert_eq!(readiness(2, &ok, &[], None).status, "True");
-        assert_eq!(readiness(3, &ok, &[], None).reason, "Progressing");
-        assert_eq!(readiness(1, &ok, &[], None).reason, "Progressing");
+        assert_eq!(readiness(2, &ok, &[], &[], None).status, "True");
+        assert_eq!(readiness(3, &ok, &[], &[], None).reason, "Progressing");
+        assert_eq!(readiness(1, &ok, &[], &[], None).reason, "Progressing");
         let stale = [slot(0, 1, 1, 1), slot(1, 2, 1, 1)];
-        assert_eq!(readiness(2, &stale, &[], None).reason, "Progressing");
+        assert_eq!(readiness(2, &stale, &[], &[], None).reason, "Progressing");
         let down = [slot(0, 2, 0, 1), slot(1, 2, 1, 1)];
-        let r = readiness(2, &down, &[], None);
+        let r = readiness(2, &down, &[], &[], None);
         assert_eq!(
             (r.status, r.reason.as_str()),
             ("False", "ReplicasUnavailable")
         );
         assert!(r.message.contains("b-0"));
-        assert_eq!(readiness(0, &[], &[], None).status, "True");
+        assert_eq!(readiness(0, &[], &[], &[], None).status, "True");
     }
 
     #[test]
@@ -257,7 +340,7 @@ mod tests {
             name: "creds".into(),
             field: "spec.mqtt.authentication.passwordSecret".into(),
         };
-        let r = readiness(1, &ok, &[], Some(&e));
+        let r = readiness(1, &ok, &[], &[], Some(&e));
         assert_eq!((r.status, r.reason.as_str()), ("False", "SecretNotFound"));
         assert!(r.message.contains("creds"));
 
@@ -284,7 +367,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let r = readiness(1, &ok, &[pod], None);
+        let r = readiness(1, &ok, &[pod], &[], None);
         assert_eq!(r.reason, "BridgeFailing");
         assert_eq!(r.message, "pod b-0-abc: MQTT authentication refused");
     }
@@ -295,7 +378,7 @@ mod tests {
         let ds = [slot(0, 2, 1, 1)];
         let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(1000).unwrap());
         let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(2000).unwrap());
-        let first = compute(&bridge, &ds, &[], None, t0.clone());
+        let first = compute(&bridge, &ds, &[], &[], None, t0.clone());
         assert_eq!(first.replicas_summary.as_deref(), Some("1/1"));
         assert_eq!(
             first.label_selector.as_deref(),
@@ -304,11 +387,96 @@ mod tests {
         let c = first.condition(READY).unwrap();
         assert_eq!(c.observed_generation, Some(3));
         bridge.status = Some(first.clone());
-        let second = compute(&bridge, &ds, &[], None, t1.clone());
+        let second = compute(&bridge, &ds, &[], &[], None, t1.clone());
         assert_eq!(first, second);
         // A flip moves lastTransitionTime.
         let down = [slot(0, 2, 0, 1)];
-        let third = compute(&bridge, &down, &[], None, t1.clone());
+        let third = compute(&bridge, &down, &[], &[], None, t1.clone());
         assert_eq!(third.condition(READY).unwrap().last_transition_time, t1);
+    }
+
+    fn report(pod: &str, json: serde_json::Value) -> PodReport {
+        PodReport {
+            pod: pod.into(),
+            report: serde_json::from_value(json).unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_pods_say_why_a_slot_is_unavailable() {
+        let down = [slot(0, 2, 0, 1)];
+        let refused = report(
+            "b-0-x",
+            serde_json::json!({"ready": false, "refusals": [{
+                "route": "in", "target": "Kafka topic t", "reason": "kafka_topic_authorization_failed",
+                "held": 12, "seconds": 40}]}),
+        );
+        let r = readiness(1, &down, &[], std::slice::from_ref(&refused), None);
+        assert_eq!(r.reason, "MessagesRefused");
+        assert_eq!(
+            r.message,
+            "pod b-0-x: route in: Kafka topic t refuses messages (kafka_topic_authorization_failed)"
+        );
+        // The figures change on every look; the message does not.
+        let mut later = refused;
+        later.report.refusals[0].held = 500;
+        later.report.refusals[0].seconds = 95;
+        assert_eq!(readiness(1, &down, &[], &[later], None).message, r.message);
+        let unreachable = report(
+            "b-0-x",
+            serde_json::json!({"ready": false, "notReady": ["kafka not reachable"]}),
+        );
+        let r = readiness(1, &down, &[], &[unreachable], None);
+        assert_eq!(r.reason, "ReplicasUnavailable");
+        assert_eq!(
+            r.message,
+            "no available pod in b-0 (pod b-0-x: kafka not reachable)"
+        );
+    }
+
+    #[test]
+    fn dropped_messages_make_a_condition_that_does_not_churn() {
+        let mut bridge = fixtures::current_sensor();
+        let ds = [slot(0, 2, 1, 1)];
+        let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(1000).unwrap());
+        let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(2000).unwrap());
+        let quiet = report("b-0-x", serde_json::json!({"ready": true}));
+        let first = compute(&bridge, &ds, &[], &[quiet], None, t0.clone());
+        let c = first.condition(MESSAGES_DROPPED).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NoneDropped")
+        );
+        bridge.status = Some(first);
+        let dropping = |count: u64, ago: u64| {
+            report(
+                "b-0-x",
+                serde_json::json!({"ready": true, "dropped": {
+                    "count": count, "route": "in", "reason": "too_large", "secondsAgo": ago}}),
+            )
+        };
+        let second = compute(&bridge, &ds, &[], &[dropping(1, 0)], None, t1.clone());
+        let c = second.condition(MESSAGES_DROPPED).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "UndeliverableDropped")
+        );
+        assert!(
+            c.message.contains("route in, reason too_large"),
+            "{}",
+            c.message
+        );
+        assert_eq!(c.last_transition_time, t1);
+        assert_eq!(second.condition(READY).unwrap().status, "True");
+        bridge.status = Some(second.clone());
+        // More drops later: an equal status, so no write and no new reconcile.
+        let third = compute(&bridge, &ds, &[], &[dropping(40, 3)], None, t1);
+        assert_eq!(third, second);
+        // No pod answered: what was known stays.
+        let fourth = compute(&bridge, &ds, &[], &[], None, t0);
+        assert_eq!(
+            fourth.condition(MESSAGES_DROPPED),
+            second.condition(MESSAGES_DROPPED)
+        );
     }
 }

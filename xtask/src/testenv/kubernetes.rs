@@ -151,8 +151,11 @@ pub fn configure(
             format!("--kubeconfig={}", s(&kubeconfig)),
             "--manage-all-nodes=false".into(),
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
-            "--cidr=10.244.0.0/16".into(),
-            "--node-ip=10.0.0.1".into(),
+            // Fake pods get loopback addresses: the operator asks every
+            // running bridge pod for its report, and traffic of tests may go
+            // to loopback only (nothing listens there, so it is refused at once).
+            "--cidr=127.244.0.0/16".into(),
+            "--node-ip=127.0.0.1".into(),
             format!("--server-address=127.0.0.1:{}", ports.kwok),
             "--node-lease-duration-seconds=40".into(),
         ],
