@@ -225,7 +225,7 @@ async fn binary_serves_probes_and_metrics_logs_no_secret_and_stops_on_sigterm() 
     )
     .await;
     wait_ready(&client, &ns, name, "True", "Available").await;
-    // A rotated value is read (and hashed) by the next reconciles.
+    // A rotated Secret rolls the pods (its new resourceVersion on the template).
     let before = replica_sets(&client, &ns).await;
     put_secret(
         &client,
