@@ -33,8 +33,63 @@ pub struct KafkaSpec<S> {
     /// Further librdkafka properties passed through as they are. Keys that carry
     /// secrets (`sasl.password`, `ssl.key.password`, …) are refused here: use the secret fields.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend(
+        "maxProperties" = 64,
+        "x-kubernetes-validations" = [{
+            "rule": secret_property_rule(),
+            "message": "kafka.properties must not carry a secret (sasl.password, ssl.key.password, ssl.key.pem, sasl.oauthbearer.config, any key containing password, secret or passphrase, …): use kafka.authentication.passwordSecret or kafka.tls instead"
+        }]
+    ))]
     pub properties: BTreeMap<String, String>,
+}
+
+/// librdkafka properties whose value is a secret (or can hold one, as
+/// `sasl.oauthbearer.config` holds `clientSecret=…`). They are refused in
+/// `kafka.properties`, where a value would land in a plain ConfigMap: the
+/// CRD rule, the operator and bridge-runtime all use [`is_secret_property`].
+/// Paths to secret files (`ssl.key.location`, `ssl.keystore.location`) are
+/// not secrets and stay allowed.
+pub const SECRET_PROPERTIES: &[&str] = &[
+    "sasl.password",
+    "sasl.jaas.config",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl_key",
+    "ssl.keystore.password",
+    "ssl.truststore.password",
+];
+
+/// Words that mark any other property as secret-bearing.
+pub const SECRET_PROPERTY_WORDS: &[&str] = &["password", "secret", "passphrase"];
+
+/// Whether a librdkafka property (any case) carries a secret.
+pub fn is_secret_property(key: &str) -> bool {
+    let lower = key.to_ascii_lowercase();
+    SECRET_PROPERTIES.contains(&lower.as_str())
+        || SECRET_PROPERTY_WORDS.iter().any(|w| lower.contains(w))
+}
+
+/// The CEL form of [`is_secret_property`], on the `properties` map.
+pub fn secret_property_rule() -> String {
+    let quoted = |words: &[&str]| {
+        words
+            .iter()
+            .map(|w| format!("'{w}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let words = SECRET_PROPERTY_WORDS
+        .iter()
+        .map(|w| format!(" || k.lowerAscii().contains('{w}')"))
+        .collect::<String>();
+    format!(
+        "!self.exists(k, k.lowerAscii() in [{}]{words})",
+        quoted(SECRET_PROPERTIES)
+    )
 }
 
 /// TLS to Kafka.
@@ -209,4 +264,42 @@ fn default_delivery_timeout_ms() -> u32 {
 }
 fn default_max_message_bytes() -> u32 {
     1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_properties_are_recognised_in_any_case() {
+        for key in [
+            "sasl.password",
+            "SASL.PASSWORD",
+            "ssl.key.password",
+            "ssl.key.pem",
+            "sasl.oauthbearer.config",
+            "sasl.oauthbearer.client.secret",
+            "ssl.keystore.password",
+            "some.future.secret.thing",
+        ] {
+            assert!(is_secret_property(key), "{key}");
+        }
+        for key in [
+            "ssl.keystore.location",
+            "ssl.key.location",
+            "ssl.certificate.location",
+            "client.rack",
+            "sasl.oauthbearer.method",
+        ] {
+            assert!(!is_secret_property(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn the_cel_rule_names_every_property_and_word() {
+        let rule = secret_property_rule();
+        for p in SECRET_PROPERTIES.iter().chain(SECRET_PROPERTY_WORDS) {
+            assert!(rule.contains(&format!("'{p}'")), "{rule}");
+        }
+    }
 }

@@ -180,3 +180,36 @@ fn tls_needs_mqtts_and_url_is_checked() {
         "clientKey go together",
     );
 }
+
+#[test]
+fn secret_bearing_kafka_properties_are_rejected_and_key_paths_are_not() {
+    for key in [
+        "sasl.password",
+        "SASL.OAUTHBEARER.CONFIG",
+        "ssl.key.pem",
+        "ssl.keystore.password",
+        "some.client.secret",
+    ] {
+        rejected(
+            with(|v| v["spec"]["kafka"]["properties"] = json!({key: "x"})),
+            "kafka.properties must not carry a secret",
+        );
+    }
+    for key in crds::SECRET_PROPERTIES {
+        assert!(
+            check(with(
+                |v| v["spec"]["kafka"]["properties"] = json!({*key: "x"})
+            ))
+            .is_err(),
+            "{key} accepted"
+        );
+    }
+    check(with(|v| {
+        v["spec"]["kafka"]["properties"] = json!({
+            "ssl.keystore.location": "/etc/kafka/keystore.p12",
+            "ssl.key.location": "/etc/kafka/client.key",
+            "client.rack": "a",
+        })
+    }))
+    .expect("key file locations are not secrets");
+}

@@ -15,7 +15,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceSpec};
 use kube::api::{DeleteParams, GetParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -66,6 +66,13 @@ impl AppliedByBridge {
             m.get(uid)
                 .is_some_and(|a| a.is_current(children_hash, live, now))
         })
+    }
+
+    /// Forgets a bridge (deleted).
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(uid);
+        }
     }
 
     /// Records an apply; forgets bridges not applied for a long time (deleted ones).
@@ -172,26 +179,31 @@ where
     Ok(api.patch(&name, &params, &Patch::Apply(obj)).await?)
 }
 
-/// Applies the metrics Service. One made by an earlier operator version has
-/// a ClusterIP, which cannot be changed to the headless `None`: such a
-/// Service is deleted and created again (only Prometheus scrapes it).
+/// Applies the metrics Service. One made by an operator version before the
+/// Service became headless has a ClusterIP, which cannot be changed to
+/// `None`: it is then applied without `clusterIP` and keeps its address
+/// (Prometheus scrapes the pods behind it all the same). Nothing is deleted,
+/// so the shipped RBAC needs no `delete` on Services; deleting such a
+/// Service by hand lets the operator create it headless.
 async fn apply_service(client: &Client, namespace: &str, service: &Service) -> Result<Service> {
-    match apply(client, namespace, service).await {
-        Err(Error::Kube(kube::Error::Api(status)))
-            if status.code == 422 && status.message.contains("clusterIP") =>
-        {
-            let name = service.name_any();
-            tracing::info!(service = %name, "re-creating the metrics Service as headless");
-            let api: Api<Service> = Api::namespaced(client.clone(), namespace);
-            match api.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.is_not_found() => {}
-                Err(e) => return Err(e.into()),
-            }
-            apply(client, namespace, service).await
-        }
-        other => other,
+    let api: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let live = api.get_opt(&service.name_any()).await?;
+    let mut service = service.clone();
+    if let (Some(live), Some(spec)) = (
+        live.as_ref().and_then(|s| s.spec.as_ref()),
+        service.spec.as_mut(),
+    ) && keeps_cluster_ip(live)
+    {
+        spec.cluster_ip = None;
     }
+    apply(client, namespace, &service).await
+}
+
+/// Whether a live Service has a virtual IP (which can never be removed).
+fn keeps_cluster_ip(live: &ServiceSpec) -> bool {
+    live.cluster_ip
+        .as_deref()
+        .is_some_and(|ip| !ip.is_empty() && ip != "None")
 }
 
 /// Applies the ConfigMap and Service, then the slot Deployments (the pods
@@ -318,6 +330,17 @@ mod tests {
     fn everything_is_applied_again_after_a_while() {
         let (a, at) = applied();
         assert!(!a.is_current(42, &a.versions.clone(), at + Applied::MAX_AGE));
+    }
+
+    #[test]
+    fn only_an_allocated_cluster_ip_is_kept() {
+        let spec = |ip: Option<&str>| ServiceSpec {
+            cluster_ip: ip.map(str::to_owned),
+            ..Default::default()
+        };
+        assert!(keeps_cluster_ip(&spec(Some("10.0.0.12"))));
+        assert!(!keeps_cluster_ip(&spec(Some("None"))));
+        assert!(!keeps_cluster_ip(&spec(None)));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crds::MqttKafkaBridge;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -41,9 +41,58 @@ pub struct Context {
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Consecutive transient failures per bridge, for exponential backoff.
-    pub failures: Mutex<HashMap<ObjectRef<MqttKafkaBridge>, u32>>,
+    pub failures: Failures,
     /// What was last applied per bridge, to skip applies that change nothing.
     pub applied: AppliedByBridge,
+}
+
+impl Context {
+    /// Drops what is remembered about a bridge that is deleted or being deleted.
+    fn forget(&self, bridge: &MqttKafkaBridge) {
+        self.failures.clear(&ObjectRef::from_obj(bridge));
+        if let Some(uid) = bridge.uid() {
+            self.applied.forget(&uid);
+        }
+    }
+}
+
+/// Consecutive transient failures per bridge.
+#[derive(Default)]
+pub struct Failures(Mutex<HashMap<ObjectRef<MqttKafkaBridge>, u32>>);
+
+impl Failures {
+    /// Counts one more failure; returns how many in a row.
+    pub fn record(&self, bridge: &ObjectRef<MqttKafkaBridge>) -> u32 {
+        let Ok(mut f) = self.0.lock() else { return 1 };
+        let n = f.entry(bridge.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    /// Forgets the failures of a bridge (it reconciled, or is gone).
+    pub fn clear(&self, bridge: &ObjectRef<MqttKafkaBridge>) {
+        if let Ok(mut f) = self.0.lock() {
+            f.remove(bridge);
+        }
+    }
+
+    /// Keeps only the bridges `exists` knows (after a re-list, deletions
+    /// missed while the watch was down).
+    pub fn retain(&self, exists: impl Fn(&ObjectRef<MqttKafkaBridge>) -> bool) {
+        if let Ok(mut f) = self.0.lock() {
+            f.retain(|k, _| exists(k));
+        }
+    }
+
+    /// How many bridges have failures on record.
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|f| f.len()).unwrap_or(0)
+    }
+
+    /// Whether no bridge has failures on record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Requeue interval of a bridge that is not Ready yet (a pod's termination
@@ -71,10 +120,8 @@ pub async fn reconcile(bridge: Arc<MqttKafkaBridge>, ctx: Arc<Context>) -> Resul
         Err(e) => Some(e.reason()),
     };
     ctx.metrics.observe(started.elapsed(), failure);
-    if result.is_ok()
-        && let Ok(mut failures) = ctx.failures.lock()
-    {
-        failures.remove(&ObjectRef::from_obj(bridge.as_ref()));
+    if result.is_ok() {
+        ctx.failures.clear(&ObjectRef::from_obj(bridge.as_ref()));
     }
     result.map(|(action, _)| action)
 }
@@ -90,6 +137,13 @@ async fn reconcile_inner(
         .ok_or_else(|| Error::missing(bridge, "metadata.namespace"))?;
     let name = bridge.name_any();
     let client = &ctx.client;
+
+    // Being deleted: its children go with it (owner references); applying
+    // them again would only recreate what the garbage collector removes.
+    if bridge.metadata.deletion_timestamp.is_some() {
+        ctx.forget(bridge);
+        return Ok((Action::await_change(), None));
+    }
 
     // Resolve and validate; a user error leaves the running children alone.
     let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -210,14 +264,7 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// Exponential backoff per bridge: 2 s, 4 s, … up to 5 minutes.
 pub fn error_policy(bridge: Arc<MqttKafkaBridge>, error: &Error, ctx: Arc<Context>) -> Action {
-    let attempts = match ctx.failures.lock() {
-        Ok(mut f) => {
-            let n = f.entry(ObjectRef::from_obj(bridge.as_ref())).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
-        }
-        Err(_) => 1,
-    };
+    let attempts = ctx.failures.record(&ObjectRef::from_obj(bridge.as_ref()));
     let delay = backoff(attempts);
     tracing::warn!(bridge = %bridge.name_any(), reason = error.reason(), error = %error, ?delay, "reconcile failed");
     Action::requeue(delay)
@@ -229,10 +276,10 @@ pub fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(secs.min(300))
 }
 
-/// Maps a Secret to the bridges in its namespace that reference it.
+/// Maps a Secret (its metadata) to the bridges in its namespace that reference it.
 fn bridges_using(
     store: &Store<MqttKafkaBridge>,
-    secret: &Secret,
+    secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<MqttKafkaBridge>> {
     let (Some(ns), Some(name)) = (secret.namespace(), secret.metadata.name.as_ref()) else {
         return Vec::new();
@@ -277,25 +324,36 @@ pub async fn run_controller(
     // poller's waker, and the controller polls it too.
     let (store, writer) = reflector::store();
     let mut ready = Some(ready);
+    let known = store.clone();
+    let forgetting = ctx.clone();
     let bridges = reflector(writer, watcher(api(&client), watcher::Config::default()))
-        .inspect(move |event| {
-            if let Ok(watcher::Event::InitDone) = event
-                && let Some(ready) = ready.take()
-            {
-                ready();
+        .inspect(move |event| match event {
+            Ok(watcher::Event::InitDone) => {
+                forgetting.failures.retain(|b| known.get(b).is_some());
+                if let Some(ready) = ready.take() {
+                    ready();
+                }
             }
+            Ok(watcher::Event::Delete(bridge)) => forgetting.forget(bridge),
+            _ => {}
         })
         .applied_objects();
     let controller = Controller::for_stream(bridges, store.clone())
         .with_config(controller::Config::default().debounce(DEBOUNCE));
+    // Secrets: metadata only. A change of any Secret in scope only needs to
+    // name the bridges to reconcile; each reconcile then reads just the
+    // Secrets its bridge references. A full watch would stream every value
+    // of every Secret in scope into the operator.
+    // (`Api<PartialObjectMeta<_>>` makes metadata-only list and watch requests.)
+    let secrets = watcher(
+        scoped::<PartialObjectMeta<Secret>>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .touched_objects();
     controller
         .owns(scoped::<Deployment>(&client, namespace), managed.clone())
         .owns(scoped::<ConfigMap>(&client, namespace), managed)
-        .watches(
-            scoped::<Secret>(&client, namespace),
-            watcher::Config::default(),
-            move |secret| bridges_using(&store, &secret),
-        )
+        .watches_stream(secrets, move |secret| bridges_using(&store, &secret))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -317,6 +375,21 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_secs(4));
         assert_eq!(backoff(5), Duration::from_secs(32));
         assert_eq!(backoff(50), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn failures_count_up_and_forget_gone_bridges() {
+        let failures = Failures::default();
+        let a = ObjectRef::<MqttKafkaBridge>::new("a").within("ns");
+        let b = ObjectRef::<MqttKafkaBridge>::new("b").within("ns");
+        assert_eq!(failures.record(&a), 1);
+        assert_eq!(failures.record(&a), 2);
+        assert_eq!(failures.record(&b), 1);
+        failures.clear(&a);
+        assert_eq!(failures.record(&a), 1);
+        failures.retain(|r| r == &a);
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures.record(&b), 1, "b was forgotten");
     }
 
     #[test]

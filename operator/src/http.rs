@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::routing::get;
 
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
 
 #[derive(Clone)]
 struct AppState {
@@ -57,6 +57,11 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn metrics_text(State(s): State<AppState>) -> String {
-    s.metrics.render()
+async fn metrics_text(
+    State(s): State<AppState>,
+) -> ([(header::HeaderName, &'static str); 1], String) {
+    (
+        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+        s.metrics.render(),
+    )
 }

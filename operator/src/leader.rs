@@ -2,8 +2,13 @@
 //! several operator replicas reconciles. A replica that cannot renew its
 //! lease in time stops reconciling (the process then exits and restarts);
 //! one that shuts down releases the lease so a standby takes over at once.
+//!
+//! Expiry is judged as client-go does: by this replica's own clock since it
+//! last saw the lease record change, never by comparing the holder's
+//! `renewTime` with the local time, so clocks that disagree between nodes
+//! cannot make two replicas lead at once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -27,22 +32,50 @@ pub struct LeaseSettings {
     pub duration: Duration,
 }
 
-/// Holder decision for a lease observed at `now`.
-pub fn may_take(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> bool {
+/// The lease record as this replica last saw it, and when by its own
+/// monotonic clock (client-go's `observedRecord` and `observedTime`).
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// resourceVersion of the lease last seen: it changes with every write
+    /// of the record (a renewal, a new holder, a release).
+    resource_version: Option<String>,
+    /// When that version was first seen.
+    at: Option<Instant>,
+}
+
+impl Observed {
+    /// Notes the lease as seen at `now`; returns when its record last changed.
+    pub fn see(&mut self, resource_version: Option<&str>, now: Instant) -> Instant {
+        match self.at {
+            Some(at) if self.resource_version.as_deref() == resource_version => at,
+            _ => {
+                self.resource_version = resource_version.map(str::to_owned);
+                self.at = Some(now);
+                now
+            }
+        }
+    }
+}
+
+/// Whether `identity` may take or renew a lease whose record last changed
+/// at `changed` (local clock), at `now`.
+pub fn may_take(spec: Option<&LeaseSpec>, identity: &str, changed: Instant, now: Instant) -> bool {
     let Some(spec) = spec else { return true };
     let holder = spec.holder_identity.as_deref().unwrap_or("");
     if holder.is_empty() || holder == identity {
         return true;
     }
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-    match &spec.renew_time {
-        Some(MicroTime(renewed)) => renewed.as_second() + duration < now.as_second(),
-        None => true,
-    }
+    let duration = u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(15);
+    now.saturating_duration_since(changed) > Duration::from_secs(duration)
 }
 
 /// One attempt to acquire or renew; `Ok(true)` when we hold the lease.
-pub async fn try_acquire(api: &Api<Lease>, s: &LeaseSettings) -> Result<bool> {
+pub async fn try_acquire(
+    api: &Api<Lease>,
+    s: &LeaseSettings,
+    observed: &mut Observed,
+) -> Result<bool> {
+    // Written into the lease for humans and other tools; never compared.
     let now = Timestamp::now();
     let seconds = i32::try_from(s.duration.as_secs()).unwrap_or(15);
     let lease_error = |e| Error::Lease(s.name.clone(), e);
@@ -70,7 +103,9 @@ pub async fn try_acquire(api: &Api<Lease>, s: &LeaseSettings) -> Result<bool> {
             }
         }
         Some(mut lease) => {
-            if !may_take(lease.spec.as_ref(), &s.identity, now) {
+            let seen_at = Instant::now();
+            let changed = observed.see(lease.metadata.resource_version.as_deref(), seen_at);
+            if !may_take(lease.spec.as_ref(), &s.identity, changed, seen_at) {
                 return Ok(false);
             }
             let spec = lease.spec.get_or_insert_with(Default::default);
@@ -139,8 +174,9 @@ impl Drop for Leadership {
 pub async fn acquire(client: Client, s: LeaseSettings) -> Result<Leadership> {
     let api: Api<Lease> = Api::namespaced(client, &s.namespace);
     let retry = s.duration / 3;
+    let mut observed = Observed::default();
     loop {
-        match try_acquire(&api, &s).await {
+        match try_acquire(&api, &s, &mut observed).await {
             Ok(true) => break,
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
@@ -164,7 +200,7 @@ pub async fn acquire(client: Client, s: LeaseSettings) -> Result<Leadership> {
                     return;
                 }
             }
-            match try_acquire(&api, &s).await {
+            match try_acquire(&api, &s, &mut observed).await {
                 Ok(true) => last_renewal = tokio::time::Instant::now(),
                 Ok(false) => break,
                 Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
@@ -212,17 +248,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn expired_or_own_leases_may_be_taken() {
-        let t = |s| Timestamp::from_second(s).unwrap();
+    fn expiry_counts_from_the_last_change_seen_locally() {
         let spec = LeaseSpec {
             holder_identity: Some("a".into()),
             lease_duration_seconds: Some(15),
-            renew_time: Some(MicroTime(t(100))),
+            // The holder's clock may be anywhere: it is never compared.
+            renew_time: Some(MicroTime(Timestamp::from_second(0).unwrap())),
             ..Default::default()
         };
-        assert!(may_take(Some(&spec), "a", t(101)));
-        assert!(!may_take(Some(&spec), "b", t(110)));
-        assert!(may_take(Some(&spec), "b", t(116)));
-        assert!(may_take(None, "b", t(0)));
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut observed = Observed::default();
+        let changed = observed.see(Some("10"), t0);
+        assert_eq!(changed, t0);
+        assert!(may_take(Some(&spec), "a", changed, t0 + s(1)), "own lease");
+        assert!(!may_take(Some(&spec), "b", changed, t0 + s(10)));
+        // Renewed (a new resourceVersion) at t0+10: the 15 s start again.
+        let changed = observed.see(Some("11"), t0 + s(10));
+        assert!(!may_take(Some(&spec), "b", changed, t0 + s(20)));
+        // Seen unchanged later: still counted from t0+10.
+        let changed = observed.see(Some("11"), t0 + s(24));
+        assert_eq!(changed, t0 + s(10));
+        assert!(may_take(Some(&spec), "b", changed, t0 + s(26)));
+        assert!(may_take(None, "b", t0, t0));
+        let released = LeaseSpec {
+            holder_identity: None,
+            ..spec
+        };
+        assert!(may_take(Some(&released), "b", t0, t0));
     }
 }

@@ -30,9 +30,18 @@ struct Args {
     /// Identity in the Lease (usually the pod name).
     #[arg(long, env = "POD_NAME", default_value = "mqtt-kafka-operator")]
     identity: String,
-    /// Log format: `text` or `json`.
-    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
-    log_format: String,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// One JSON object per line (for log collectors).
+    Json,
+    /// Human-readable lines (for a terminal).
+    Text,
 }
 
 #[tokio::main]
@@ -54,7 +63,7 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if args.log_format == "json" {
+    if args.log_format == LogFormat::Json {
         tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)

@@ -9,6 +9,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// Content type of [`Metrics::render`]'s body: prometheus-client encodes
+/// OpenMetrics (`# EOF`, `_total` counters), which a scraper told
+/// `text/plain` would parse as the older Prometheus format.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Label of the failure counter: the error's stable reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -65,7 +71,7 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format.
+    /// The OpenMetrics text format (served as [`OPENMETRICS_CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
@@ -90,5 +96,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("reason=\"SecretNotFound\""), "{text}");
+        assert!(
+            text.ends_with("# EOF\n"),
+            "OpenMetrics, as its content type says"
+        );
     }
 }

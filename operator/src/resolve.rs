@@ -1,15 +1,17 @@
 //! Step 1: read the Secrets a bridge references (the only I/O before build).
 //!
-//! Only the referenced keys matter: their values feed a hash on the pod
-//! template, so changing one rolls the pods and changing anything else in
-//! the Secret does not. Values never leave this module.
+//! Each referenced Secret is fetched by name (a `get`, never a list): only
+//! its keys are looked at, to report a missing one. What goes on the pod
+//! template to roll the pods when a Secret changes is the Secret's uid and
+//! resourceVersion, never anything computed from a value: a hash of a
+//! password on a Deployment, readable by everyone who may read Deployments,
+//! ReplicaSets or Pods, would let them test password guesses offline.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crds::{KafkaAuthenticationType, MqttAuthenticationType, MqttKafkaBridgeSpec, SecretKeyRef};
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
-use sha2::{Digest, Sha256};
+use kube::{Api, ResourceExt};
 
 use crate::error::{Error, Result};
 
@@ -25,8 +27,10 @@ pub struct SecretUse<'a> {
 /// What the build step needs to know about the referenced Secrets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResolvedSecrets {
-    /// Hash of the referenced keys' values (hex SHA-256).
-    pub hash: String,
+    /// `name=uid/resourceVersion` of each referenced Secret, comma-separated
+    /// in name order: changes exactly when one of them is written or
+    /// replaced, and says nothing about their values.
+    pub versions: String,
     /// Referenced keys per Secret name, for the volume items.
     pub keys: BTreeMap<String, BTreeSet<String>>,
 }
@@ -94,8 +98,8 @@ pub async fn resolve(api: &Api<Secret>, spec: &MqttKafkaBridgeSpec) -> Result<Re
     check_secrets(spec, &found)
 }
 
-/// Pure part of [`resolve`]: every referenced Secret and key exists; hashes
-/// the referenced values in a fixed order.
+/// Pure part of [`resolve`]: every referenced Secret and key exists; lists
+/// the versions of the referenced Secrets.
 pub fn check_secrets(
     spec: &MqttKafkaBridgeSpec,
     found: &BTreeMap<String, Secret>,
@@ -123,35 +127,20 @@ pub fn check_secrets(
             .or_default()
             .insert(secret.key.clone());
     }
-    let mut hasher = Sha256::new();
-    for (name, names) in &keys {
-        for key in names {
-            let value = found
-                .get(name)
-                .and_then(|s| s.data.as_ref())
-                .and_then(|d| d.get(key))
-                .map(|v| v.0.as_slice())
-                .unwrap_or_default();
-            // Length prefixes keep ("ab","c") and ("a","bc") apart.
-            for part in [name.as_bytes(), key.as_bytes(), value] {
-                hasher.update((part.len() as u64).to_be_bytes());
-                hasher.update(part);
-            }
-        }
-    }
-    Ok(ResolvedSecrets {
-        hash: hex(&hasher.finalize()),
-        keys,
-    })
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    let versions = keys
+        .keys()
+        .filter_map(|name| found.get(name))
+        .map(|s| {
+            format!(
+                "{}={}/{}",
+                s.name_any(),
+                s.uid().unwrap_or_default(),
+                s.resource_version().unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(ResolvedSecrets { versions, keys })
 }
 
 #[cfg(test)]
@@ -161,9 +150,15 @@ mod tests {
     use k8s_openapi::ByteString;
 
     fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+        versioned(name, "1", data)
+    }
+
+    fn versioned(name: &str, resource_version: &str, data: &[(&str, &str)]) -> Secret {
         Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.into()),
+                uid: Some(format!("uid-of-{name}")),
+                resource_version: Some(resource_version.into()),
                 ..Default::default()
             },
             data: Some(
@@ -196,20 +191,31 @@ mod tests {
     }
 
     #[test]
-    fn hash_follows_referenced_values_only() {
+    fn versions_follow_the_referenced_secrets_never_their_values() {
         let spec = fixtures::password_spec();
-        let one = |v: &str, extra: &str| {
-            let found = BTreeMap::from([(
-                "mqtt-credentials".to_string(),
-                secret("mqtt-credentials", &[("password", v), ("unrelated", extra)]),
-            )]);
+        let one = |rv: &str, value: &str| {
+            let found = BTreeMap::from([
+                (
+                    "mqtt-credentials".to_string(),
+                    versioned("mqtt-credentials", rv, &[("password", value)]),
+                ),
+                (
+                    "unrelated".to_string(),
+                    versioned("unrelated", rv, &[("x", "y")]),
+                ),
+            ]);
             check_secrets(&spec, &found).unwrap()
         };
-        assert_eq!(one("a", "x"), one("a", "y"));
-        assert_ne!(one("a", "x").hash, one("b", "x").hash);
-        assert!(!one("s3cr3t", "x").hash.contains("s3cr3t"));
         assert_eq!(
-            one("a", "x").keys["mqtt-credentials"],
+            one("7", "s3cr3t").versions,
+            "mqtt-credentials=uid-of-mqtt-credentials/7"
+        );
+        // The same version with another value (as only a replaced object
+        // could have) gives the same string: nothing comes from the value.
+        assert_eq!(one("7", "a"), one("7", "b"));
+        assert_ne!(one("7", "a").versions, one("8", "a").versions);
+        assert_eq!(
+            one("7", "a").keys["mqtt-credentials"],
             BTreeSet::from(["password".to_string()])
         );
     }

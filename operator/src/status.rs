@@ -52,6 +52,11 @@ pub fn rolled_out(d: &Deployment) -> bool {
 }
 
 /// A pod's termination message, when its bridge container failed.
+///
+/// The message is taken only from a container whose policy is `File`: it is
+/// then what bridge-runtime wrote for users. Under `FallbackToLogsOnError`
+/// (pods of an older operator version) it can be the tail of the log, which
+/// is not written for a status or an event, so only the reason is used.
 pub fn failure_message(pod: &Pod) -> Option<String> {
     let status = pod.status.as_ref()?;
     status.container_statuses.iter().flatten().find_map(|c| {
@@ -63,9 +68,15 @@ pub fn failure_message(pod: &Pod) -> Option<String> {
             .as_ref()
             .and_then(|s| s.terminated.as_ref())
             .or_else(|| c.last_state.as_ref().and_then(|s| s.terminated.as_ref()))?;
+        let written_for_users = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.iter().find(|k| k.name == c.name))
+            .is_some_and(|k| k.termination_message_policy.as_deref().unwrap_or("File") == "File");
         let message = terminated
             .message
             .as_deref()
+            .filter(|_| written_for_users)
             .map(str::trim)
             .filter(|m| !m.is_empty())
             .or(terminated.reason.as_deref())?;
@@ -288,7 +299,7 @@ mod tests {
     use crate::fixtures;
     use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
     use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus,
+        Container, ContainerState, ContainerStateTerminated, ContainerStatus, PodSpec, PodStatus,
     };
     use kube::api::ObjectMeta;
 
@@ -344,11 +355,19 @@ mod tests {
         assert_eq!((r.status, r.reason.as_str()), ("False", "SecretNotFound"));
         assert!(r.message.contains("creds"));
 
-        let pod = Pod {
+        let failed = |policy: &str| Pod {
             metadata: ObjectMeta {
                 name: Some("b-0-abc".into()),
                 ..Default::default()
             },
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "bridge".into(),
+                    termination_message_policy: Some(policy.into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
             status: Some(PodStatus {
                 container_statuses: Some(vec![ContainerStatus {
                     name: "bridge".into(),
@@ -357,6 +376,7 @@ mod tests {
                         terminated: Some(ContainerStateTerminated {
                             exit_code: 1,
                             message: Some("MQTT authentication refused\n".into()),
+                            reason: Some("Error".into()),
                             ..Default::default()
                         }),
                         ..Default::default()
@@ -365,11 +385,14 @@ mod tests {
                 }]),
                 ..Default::default()
             }),
-            ..Default::default()
         };
-        let r = readiness(1, &ok, &[pod], &[], None);
+        let r = readiness(1, &ok, &[failed("File")], &[], None);
         assert_eq!(r.reason, "BridgeFailing");
         assert_eq!(r.message, "pod b-0-abc: MQTT authentication refused");
+        // What may be a log tail is not copied into the status.
+        let r = readiness(1, &ok, &[failed("FallbackToLogsOnError")], &[], None);
+        assert_eq!(r.reason, "BridgeFailing");
+        assert_eq!(r.message, "pod b-0-abc: Error");
     }
 
     #[test]

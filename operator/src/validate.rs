@@ -5,14 +5,12 @@ use crds::{MqttKafkaBridgeSpec, Route};
 
 use crate::error::{Error, Result};
 
-/// librdkafka properties that carry secrets; they belong in the secret fields.
-const SECRET_PROPERTY_WORDS: &[&str] = &["password", "secret", "jaas", "ssl.key", "ssl_key"];
-
 /// Checks a spec that passed admission.
 pub fn validate(spec: &MqttKafkaBridgeSpec) -> Result<()> {
     for key in spec.kafka.properties.keys() {
-        let lower = key.to_ascii_lowercase();
-        if SECRET_PROPERTY_WORDS.iter().any(|w| lower.contains(w)) {
+        // Also checked by the CRD rule; a CRD installed before that rule
+        // existed would let such a key through to the plain ConfigMap.
+        if crds::is_secret_property(key) {
             return Err(Error::invalid(
                 format!("spec.kafka.properties.{key}"),
                 "carries a secret: use kafka.authentication.passwordSecret or kafka.tls instead",
@@ -164,6 +162,22 @@ mod tests {
             err.to_string()
                 .contains("spec.kafka.properties.sasl.password")
         );
+        let mut bridge = fixtures::current_sensor();
+        bridge.spec.kafka.properties.insert(
+            "sasl.oauthbearer.config".into(),
+            "clientId=a clientSecret=b".into(),
+        );
+        let err = validate(&bridge.spec).unwrap_err();
+        assert!(err.to_string().contains("sasl.oauthbearer.config"), "{err}");
+
+        // A path to a keystore is not a secret.
+        let mut bridge = fixtures::current_sensor();
+        bridge
+            .spec
+            .kafka
+            .properties
+            .insert("ssl.keystore.location".into(), "/etc/ks.p12".into());
+        validate(&bridge.spec).unwrap();
 
         let mut bridge = fixtures::current_sensor();
         bridge.spec.replicas = 2;

@@ -50,6 +50,15 @@ async fn invalid_manifests_are_rejected_naming_the_field() {
     create(valid("ok"))
         .await
         .expect("the valid manifest is accepted");
+    // Paths to key material are not secrets.
+    let mut with_paths = valid("paths");
+    with_paths["spec"]["kafka"]["properties"] = json!({
+        "ssl.keystore.location": "/etc/kafka/keystore.p12",
+        "ssl.key.location": "/etc/kafka/client.key",
+    });
+    create(with_paths)
+        .await
+        .expect("key file locations are accepted");
 
     type Mutation = fn(&mut Value);
     let cases: Vec<(&str, Mutation, &str)> = vec![
@@ -182,6 +191,19 @@ async fn invalid_manifests_are_rejected_naming_the_field() {
             "zero connections",
             |v| v["spec"]["mqtt"]["connections"] = json!(0),
             "connections",
+        ),
+        (
+            "OAUTHBEARER client secret in kafka.properties",
+            |v| {
+                v["spec"]["kafka"]["properties"] =
+                    json!({"sasl.oauthbearer.config": "clientId=a clientSecret=b"})
+            },
+            "kafka.properties must not carry a secret",
+        ),
+        (
+            "SSL key password in kafka.properties, any case",
+            |v| v["spec"]["kafka"]["properties"] = json!({"SSL.Key.Password": "x"}),
+            "kafka.properties must not carry a secret",
         ),
     ];
     // Unknown enum values cannot be expressed in the typed struct: send raw JSON.

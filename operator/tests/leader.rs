@@ -1,6 +1,8 @@
 //! Leader election on a Lease against the real apiserver: of two operators
 //! only the leader reconciles; a stopped leader hands over to the standby;
-//! an expired lease is taken over; a leader that loses its lease stops.
+//! an expired lease is taken over, judged by the local clock whatever time
+//! its holder wrote; a leader that loses its lease stops. Both replicas run
+//! as the chart's ServiceAccount with its RBAC (leader election included).
 
 mod common;
 
@@ -12,7 +14,7 @@ use crds::MqttKafkaBridge;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -80,9 +82,12 @@ async fn reporters(client: &Client, ns: &str) -> Vec<String> {
 async fn only_the_leader_reconciles_and_the_standby_takes_over() {
     let client = client().await;
     let ns = namespace(&client, "leader").await;
+    let operator_client = operator_client(&client, &ns).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
 
     // A replica that crashed while leading: its lease must expire first.
+    // Its clock ran an hour ahead: the renewal time it wrote is in the
+    // future, and yet the lease expires 5 s after the others first saw it.
     leases
         .create(
             &PostParams::default(),
@@ -94,15 +99,15 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over() {
                 spec: Some(LeaseSpec {
                     holder_identity: Some("crashed-replica".into()),
                     lease_duration_seconds: Some(5),
-                    renew_time: Some(MicroTime(Timestamp::now())),
+                    renew_time: Some(MicroTime(Timestamp::now() + SignedDuration::from_hours(1))),
                     ..Default::default()
                 }),
             },
         )
         .await
         .unwrap();
-    let a = start(&client, &ns, "replica-a");
-    let b = start(&client, &ns, "replica-b");
+    let a = start(&operator_client, &ns, "replica-a");
+    let b = start(&operator_client, &ns, "replica-b");
     let leader = wait_for("a replica to lead", Duration::from_secs(60), || async {
         holder(&leases)
             .await

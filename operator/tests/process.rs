@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use common::*;
 use crds::MqttKafkaBridge;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
@@ -120,8 +119,19 @@ impl TempKubeconfig {
         let admin = std::fs::read_to_string(testenv::var("KUBECONFIG")).unwrap();
         let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
         edit(&mut config);
+        Self::write(&serde_yaml::to_string(&config).unwrap())
+    }
+
+    /// The chart's ServiceAccount in `ns`, with the chart's RBAC there.
+    async fn service_account(admin: &kube::Client, ns: &str) -> Self {
+        install_chart_rbac(admin, ns).await;
+        let token = service_account_token(admin, ns).await;
+        Self::write(&token_kubeconfig(&token, None).to_string())
+    }
+
+    fn write(text: &str) -> Self {
         let path = std::env::temp_dir().join(testenv::unique_name("operator-kubeconfig"));
-        std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
         Self(path)
     }
 }
@@ -140,20 +150,11 @@ fn sigterm(child: &Child) {
     assert!(status.success(), "kill -TERM");
 }
 
-/// Plain and base64 (as the API serializes Secret data) forms of a marker.
-fn leak_forms(marker: &str) -> [String; 2] {
-    let encoded = serde_json::to_string(&ByteString(marker.as_bytes().to_vec())).unwrap();
-    [marker.to_string(), encoded.trim_matches('"').to_string()]
-}
-
+/// No marker, nor its base64, hex or digests, in `text`.
+#[track_caller]
 fn assert_no_marker(what: &str, text: &str) {
     for marker in MARKERS {
-        for form in leak_forms(marker) {
-            assert!(
-                !text.contains(&form),
-                "a Secret value ({marker}) appears in {what}"
-            );
-        }
+        assert_no_form(what, text, &derived_forms(marker, marker.as_bytes()));
     }
 }
 
@@ -170,10 +171,11 @@ async fn replica_sets(client: &kube::Client, ns: &str) -> usize {
 async fn binary_serves_probes_and_metrics_logs_no_secret_and_stops_on_sigterm() {
     let client = client().await;
     let ns = namespace(&client, "process").await;
-    let kubeconfig = PathBuf::from(testenv::var("KUBECONFIG"));
+    let kubeconfig = TempKubeconfig::service_account(&client, &ns).await;
+    let kubeconfig = &kubeconfig.0;
     // Debug level, the operator's and kube's: the most a user would turn on.
     let mut op = Binary::spawn(
-        &kubeconfig,
+        kubeconfig,
         &[
             &format!("--namespace={ns}"),
             "--http-address=127.0.0.1:0",
@@ -213,7 +215,7 @@ async fn binary_serves_probes_and_metrics_logs_no_secret_and_stops_on_sigterm() 
     )
     .await;
     wait_ready(&client, &ns, name, "True", "Available").await;
-    // A rotated value is read (and hashed) by the next reconciles.
+    // A rotated Secret rolls the pods (its new resourceVersion on the template).
     let before = replica_sets(&client, &ns).await;
     put_secret(
         &client,
@@ -230,8 +232,17 @@ async fn binary_serves_probes_and_metrics_logs_no_secret_and_stops_on_sigterm() 
     .await;
     wait_ready(&client, &ns, name, "True", "Available").await;
 
-    let (code, metrics) = http_get(address, "/metrics").await.expect("/metrics");
+    let (code, head, metrics) = http_get_with_head(address, "/metrics")
+        .await
+        .expect("/metrics");
     assert_eq!(code, 200);
+    // OpenMetrics, as the body is (a scraper picks its parser by this).
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
     let value = |name: &str, labels: &str| {
         metric(&metrics, name, labels).unwrap_or_else(|| panic!("{name}{{{labels}}} in\n{metrics}"))
     };
@@ -347,5 +358,19 @@ async fn missing_crd_or_rbac_fails_at_startup_with_one_clear_line() {
         for part in expected {
             assert!(stderr[0].contains(part), "{part:?} in {:?}", stderr[0]);
         }
+    }
+}
+
+#[test]
+fn an_unknown_log_format_is_refused_naming_the_known_ones() {
+    let out = Command::new(env!("CARGO_BIN_EXE_operator"))
+        .args(["--bridge-image=x", "--log-format=yaml"])
+        .env_remove("LOG_FORMAT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for part in ["--log-format", "yaml", "json", "text"] {
+        assert!(stderr.contains(part), "{part:?} in {stderr}");
     }
 }

@@ -1,104 +1,124 @@
-//! The operator reconciles with the RBAC that ships in `deploy/rbac.yaml`,
-//! not as admin: the ClusterRole is bound in a test namespace to a
-//! ServiceAccount, and the operator's client impersonates it.
+//! The RBAC the Helm chart ships: the same rules cluster-wide (the default,
+//! also `deploy/rbac.yaml`) and in one `watchNamespace`, and a
+//! ServiceAccount holding them is refused what the operator never needs.
+//! That it is enough for everything the operator does is shown by the other
+//! tests of this crate, which all run the operator with it.
 
 mod common;
 
 use common::*;
-use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde::Deserialize;
 use serde_json::json;
 
+fn rules_of(docs: &[serde_yaml::Value], kind: &str) -> serde_yaml::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == RELEASE)
+        .unwrap_or_else(|| panic!("{kind} {RELEASE} in {docs:?}"))["rules"]
+        .clone()
+}
+
 #[tokio::test]
-async fn operator_works_with_the_shipped_least_privilege_role() {
+async fn the_chart_grants_the_same_rules_cluster_wide_and_in_one_namespace() {
+    let admin = client().await;
+    let version = kube_version(&admin).await;
+    let cluster_wide = render_chart_rbac(&version, "mqtt-kafka-system", &[]);
+    let one_namespace =
+        render_chart_rbac(&version, "mqtt-kafka-system", &["watchNamespace=sensors"]);
+    let shipped: Vec<serde_yaml::Value> =
+        serde_yaml::Deserializer::from_str(include_str!("../../deploy/rbac.yaml"))
+            .map(serde_yaml::Value::deserialize)
+            .filter_map(Result::ok)
+            .collect();
+    let rules = rules_of(&cluster_wide, "ClusterRole");
+    assert_eq!(rules, rules_of(&one_namespace, "Role"));
+    assert_eq!(rules, rules_of(&shipped, "ClusterRole"));
+    let role = one_namespace.iter().find(|d| d["kind"] == "Role").unwrap();
+    assert_eq!(role["metadata"]["namespace"], "sensors");
+}
+
+#[tokio::test]
+async fn the_service_account_is_refused_what_the_operator_never_needs() {
     let admin = client().await;
     let ns = namespace(&admin, "rbac").await;
+    let operator = operator_client(&admin, &ns).await;
+    put_secret(&admin, &ns, "creds", &[("password", "pw")]).await;
+    let forbidden = |r: Result<_, kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(e)) if e.code == 403 => {}
+        other => panic!("{what}: expected 403, got {other:?}"),
+    };
 
-    // The ClusterRole exactly as shipped.
-    let role = serde_yaml::Deserializer::from_str(include_str!("../../deploy/rbac.yaml"))
-        .map(serde_yaml::Value::deserialize)
-        .filter_map(Result::ok)
-        .find(|d| d["kind"] == "ClusterRole")
-        .expect("ClusterRole in deploy/rbac.yaml");
-    let role: ClusterRole = serde_yaml::from_value(role).unwrap();
-    let roles: Api<ClusterRole> = Api::all(admin.clone());
-    roles
-        .patch(
-            "mqtt-kafka-operator",
-            &PatchParams::apply(USER).force(),
-            &Patch::Apply(&role),
+    // Secrets: read in its namespace, never written, nothing elsewhere.
+    let secrets: Api<Secret> = Api::namespaced(operator.clone(), &ns);
+    secrets.get("creds").await.unwrap();
+    forbidden(
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": "planted"}, "stringData": {"k": "v"}
+                }))
+                .unwrap(),
+            )
+            .await
+            .map(|_| ()),
+        "create a Secret",
+    );
+    forbidden(
+        secrets
+            .delete("creds", &DeleteParams::default())
+            .await
+            .map(|_| ()),
+        "delete a Secret",
+    );
+    let elsewhere: Api<Secret> = Api::namespaced(operator.clone(), "default");
+    forbidden(
+        elsewhere.list(&Default::default()).await.map(|_| ()),
+        "list Secrets of another namespace",
+    );
+
+    // Services are never deleted (an old ClusterIP Service is kept).
+    let services: Api<Service> = Api::namespaced(admin.clone(), &ns);
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "someone-elses"},
+                "spec": {"ports": [{"port": 80}]}
+            }))
+            .unwrap(),
         )
         .await
         .unwrap();
-    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
-    sas.patch(
-        "mqtt-kafka-operator",
-        &PatchParams::apply(USER).force(),
-        &Patch::Apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": "mqtt-kafka-operator"}})),
-    )
-    .await
-    .unwrap();
-    let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), &ns);
-    bindings
-        .patch(
-            "mqtt-kafka-operator",
-            &PatchParams::apply(USER).force(),
-            &Patch::Apply(json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                "metadata": {"name": "mqtt-kafka-operator"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": "mqtt-kafka-operator"},
-                "subjects": [{"kind": "ServiceAccount", "name": "mqtt-kafka-operator",
-                    "namespace": ns}]
-            })),
-        )
-        .await
-        .unwrap();
+    let as_operator: Api<Service> = Api::namespaced(operator.clone(), &ns);
+    forbidden(
+        as_operator
+            .delete("someone-elses", &DeleteParams::default())
+            .await
+            .map(|_| ()),
+        "delete a Service",
+    );
 
-    let path = std::path::PathBuf::from(testenv::var("KUBECONFIG"));
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:mqtt-kafka-operator"));
-    let restricted = Client::try_from(config).unwrap();
-
-    // The role really is restricted: no Secrets in other namespaces.
-    let elsewhere: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(restricted.clone(), "default");
-    assert!(elsewhere.list(&Default::default()).await.is_err());
-
-    let op = Operator::start(restricted, &ns);
-    put_secret(&admin, &ns, "hivemq-credentials", &[("password", "pw")]).await;
-    put_secret(&admin, &ns, "confluent-credentials", &[("api-secret", "s")]).await;
+    // A bridge's spec is the user's: only its status is written.
     apply_bridge(
         &admin,
         &ns,
-        include_str!("../../deploy/examples/hivemq-confluent.yaml"),
+        include_str!("../../deploy/examples/current-sensor.yaml"),
     )
     .await;
-    wait_ready(&admin, &ns, "hivemq-confluent", "True", "Available").await;
-    // Scale-down needs delete; events need create.
-    let bridges: Api<crds::MqttKafkaBridge> = Api::namespaced(admin.clone(), &ns);
-    bridges
-        .patch_scale(
-            "hivemq-confluent",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 1}})),
-        )
-        .await
-        .unwrap();
-    wait_for(
-        "scale-down under RBAC",
-        std::time::Duration::from_secs(60),
-        || async { (deployments(&admin, &ns, "hivemq-confluent").await.len() == 1).then_some(()) },
-    )
-    .await;
-    wait_ready(&admin, &ns, "hivemq-confluent", "True", "Available").await;
-    op.stop().await.unwrap();
+    let bridges: Api<crds::MqttKafkaBridge> = Api::namespaced(operator.clone(), &ns);
+    forbidden(
+        bridges
+            .patch(
+                "current-sensor",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": 3}})),
+            )
+            .await
+            .map(|_| ()),
+        "patch a bridge's spec",
+    );
     drop_namespace(&admin, &ns).await;
 }

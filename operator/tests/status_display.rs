@@ -68,7 +68,7 @@ fn bridge_status(image: &str, crashed: bool) -> serde_json::Value {
 async fn a_crashing_pod_makes_the_bridge_fail_with_its_message() {
     let client = client().await;
     let ns = namespace(&client, "failing").await;
-    let op = Operator::start(client.clone(), &ns);
+    let op = Operator::start(&client, &ns).await;
     let name = "current-sensor";
     apply_bridge(&client, &ns, CURRENT).await;
     wait_ready(&client, &ns, name, "True", "Available").await;

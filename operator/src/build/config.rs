@@ -12,7 +12,6 @@ use sha2::{Digest, Sha256};
 
 use super::{HTTP_PORT, Owner, config_map_name};
 use crate::error::Result;
-use crate::resolve::hex;
 
 /// Where Secret `<name>` is mounted in the pod.
 pub const SECRETS_DIR: &str = "/etc/bridge/secrets";
@@ -35,6 +34,15 @@ pub fn config_map(owner: &Owner, spec: &MqttKafkaBridgeSpec) -> Result<(ConfigMa
         ..Default::default()
     };
     Ok((config_map, hash))
+}
+
+/// Lower-case hex of bytes.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// The runtime configuration of a spec.

@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::{CONFIG_DIR, CONFIG_KEY, SECRETS_DIR, TERMINATION_MESSAGE_PATH};
 use super::{
-    BRIDGE_LABEL, BuildSettings, CONFIG_HASH_ANNOTATION, HTTP_PORT, Owner, SECRETS_HASH_ANNOTATION,
-    SLOT_LABEL, config_map_name, deployment_name,
+    BRIDGE_LABEL, BuildSettings, CONFIG_HASH_ANNOTATION, HTTP_PORT, Owner,
+    SECRET_VERSIONS_ANNOTATION, SLOT_LABEL, config_map_name, deployment_name,
 };
 use crate::resolve::ResolvedSecrets;
 
@@ -50,7 +50,7 @@ pub fn deployment(
     pod_labels.insert(SLOT_LABEL.into(), slot.to_string());
     let mut pod_annotations = template.annotations.clone();
     pod_annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.into());
-    pod_annotations.insert(SECRETS_HASH_ANNOTATION.into(), secrets.hash.clone());
+    pod_annotations.insert(SECRET_VERSIONS_ANNOTATION.into(), secrets.versions.clone());
 
     let (volumes, mounts) = volumes(&owner.name, secrets);
     let container = Container {
@@ -84,7 +84,7 @@ pub fn deployment(
         liveness_probe: Some(probe("/healthz", 10, 6)),
         resources: spec.resources.clone(),
         termination_message_path: Some(TERMINATION_MESSAGE_PATH.into()),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        termination_message_policy: Some("File".into()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -249,7 +249,7 @@ mod tests {
 
     fn resolved() -> ResolvedSecrets {
         ResolvedSecrets {
-            hash: "abc".into(),
+            versions: "hivemq-credentials=u1/7".into(),
             keys: [
                 (
                     "hivemq-credentials".to_string(),
@@ -340,7 +340,10 @@ mod tests {
         );
         let annotations = d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
         let annotations = annotations.annotations.as_ref().unwrap();
-        assert_eq!(annotations[SECRETS_HASH_ANNOTATION], "abc");
+        assert_eq!(
+            annotations[SECRET_VERSIONS_ANNOTATION],
+            "hivemq-credentials=u1/7"
+        );
         assert_eq!(annotations[CONFIG_HASH_ANNOTATION].len(), 64);
     }
 

@@ -35,8 +35,9 @@ pub const BRIDGE_LABEL: &str = "mqttkafka.io/bridge";
 pub const SLOT_LABEL: &str = "mqttkafka.io/slot";
 /// Pod-template annotation: hash of the generated configuration.
 pub const CONFIG_HASH_ANNOTATION: &str = "mqttkafka.io/config-hash";
-/// Pod-template annotation: hash of the referenced Secret values.
-pub const SECRETS_HASH_ANNOTATION: &str = "mqttkafka.io/secrets-hash";
+/// Pod-template annotation: uid and resourceVersion of each referenced
+/// Secret (see `resolve`), so a changed Secret rolls the pods.
+pub const SECRET_VERSIONS_ANNOTATION: &str = "mqttkafka.io/secret-versions";
 /// The bridge's HTTP port (`/healthz`, `/readyz`, `/metrics`).
 pub const HTTP_PORT: i32 = 8080;
 /// Value of `app.kubernetes.io/managed-by`.

@@ -1,5 +1,6 @@
 //! Shared helpers of the operator's integration tests: the CRD, a temporary
-//! namespace, the operator running in-process, and bounded polling.
+//! namespace, the operator running in-process under the Helm chart's
+//! ServiceAccount and RBAC (never as admin), and bounded polling.
 
 #![allow(dead_code)]
 
@@ -9,10 +10,13 @@ use std::time::Duration;
 use crds::MqttKafkaBridge;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use serde::Deserialize;
 use tokio::sync::oneshot;
 
 /// Field manager of the tests (the "user").
@@ -87,8 +91,10 @@ pub fn test_config(namespace: &str) -> operator::Config {
 }
 
 impl Operator {
-    /// Starts an operator watching `namespace` with `client`'s identity.
-    pub fn start(client: Client, namespace: &str) -> Self {
+    /// Starts an operator watching `namespace` as the chart's ServiceAccount
+    /// there, with the chart's RBAC (see [`operator_client`]); `admin` sets it up.
+    pub async fn start(admin: &Client, namespace: &str) -> Self {
+        let client = operator_client(admin, namespace).await;
         Self::start_with(client, test_config(namespace))
     }
 
@@ -277,6 +283,17 @@ pub fn free_address() -> std::net::SocketAddr {
 /// Status code and body of `GET http://{address}{path}`; `None` when the
 /// endpoint does not answer within 10 s.
 pub async fn http_get(address: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_get_with_head(address, path)
+        .await
+        .map(|(code, _, body)| (code, body))
+}
+
+/// Status code, response head (status line and headers) and body of
+/// `GET http://{address}{path}`.
+pub async fn http_get_with_head(
+    address: std::net::SocketAddr,
+    path: &str,
+) -> Option<(u16, String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
@@ -287,7 +304,7 @@ pub async fn http_get(address: std::net::SocketAddr, path: &str) -> Option<(u16,
         stream.read_to_string(&mut response).await.ok()?;
         let (head, body) = response.split_once("\r\n\r\n")?;
         let code = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((code, body.to_string()))
+        Some((code, head.to_string(), body.to_string()))
     };
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
@@ -314,4 +331,308 @@ pub fn kubectl() -> std::process::Command {
     let mut cmd = std::process::Command::new(program);
     cmd.env("KUBECONFIG", testenv::var("KUBECONFIG"));
     cmd
+}
+
+/// Name of the chart's release in the tests, which makes the chart's
+/// ServiceAccount, Roles and bindings all `mqtt-kafka-operator`.
+pub const RELEASE: &str = "mqtt-kafka-operator";
+
+/// `$HELM` with its caches and configuration out of `$HOME`.
+pub fn helm() -> std::process::Command {
+    let mut cmd = std::process::Command::new(testenv::var("HELM"));
+    let home = std::env::temp_dir().join(format!("operator-tests-helm-{}", std::process::id()));
+    cmd.env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    cmd
+}
+
+/// The chart directory.
+pub fn chart_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/mqtt-kafka-operator")
+}
+
+/// The chart's ServiceAccount and RBAC templates rendered with `values`
+/// (`key=value` for `--set`) into release namespace `ns`, as YAML documents.
+pub fn render_chart_rbac(kube_version: &str, ns: &str, values: &[&str]) -> Vec<serde_yaml::Value> {
+    let mut cmd = helm();
+    cmd.args(["template", RELEASE])
+        .arg(chart_dir())
+        .args(["--namespace", ns, "--kube-version", kube_version])
+        .args(["--show-only", "templates/serviceaccount.yaml"])
+        .args(["--show-only", "templates/rbac.yaml"]);
+    for v in values {
+        cmd.args(["--set", v]);
+    }
+    let out = cmd.output().expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_yaml::Deserializer::from_slice(&out.stdout)
+        .map(serde_yaml::Value::deserialize)
+        .filter_map(Result::ok)
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+/// The Kubernetes version of the test apiserver (for `helm --kube-version`).
+pub async fn kube_version(client: &Client) -> String {
+    client.apiserver_version().await.unwrap().git_version
+}
+
+/// Installs what the chart installs for an operator watching only `ns`
+/// (`watchNamespace`, leader election on, released into `ns`): its
+/// ServiceAccount, Roles and RoleBindings, applied as admin.
+pub async fn install_chart_rbac(admin: &Client, ns: &str) {
+    let version = kube_version(admin).await;
+    let docs = render_chart_rbac(
+        &version,
+        ns,
+        &[
+            &format!("watchNamespace={ns}"),
+            "leaderElection.enabled=true",
+        ],
+    );
+    let params = PatchParams::apply(USER).force();
+    for doc in docs {
+        let name = doc["metadata"]["name"].as_str().unwrap().to_string();
+        match doc["kind"].as_str() {
+            Some("ServiceAccount") => {
+                let api: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+                api.patch(&name, &params, &Patch::Apply(&doc))
+                    .await
+                    .unwrap();
+            }
+            Some("Role") => {
+                let api: Api<Role> = Api::namespaced(admin.clone(), ns);
+                api.patch(&name, &params, &Patch::Apply(&doc))
+                    .await
+                    .unwrap();
+            }
+            Some("RoleBinding") => {
+                let api: Api<RoleBinding> = Api::namespaced(admin.clone(), ns);
+                api.patch(&name, &params, &Patch::Apply(&doc))
+                    .await
+                    .unwrap();
+            }
+            other => panic!("unexpected {other:?} in the chart's RBAC for watchNamespace"),
+        }
+    }
+}
+
+/// A kubeconfig (as JSON) for the test apiserver, or for `server` instead
+/// of its address, that authenticates with `token` only.
+pub fn token_kubeconfig(token: &str, server: Option<&str>) -> serde_json::Value {
+    let admin = std::fs::read_to_string(testenv::var("KUBECONFIG")).unwrap();
+    let admin: serde_json::Value = serde_yaml::from_str(&admin).unwrap();
+    let context = admin["current-context"].as_str().unwrap();
+    let cluster_name = admin["contexts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == context)
+        .map(|c| c["context"]["cluster"].clone())
+        .unwrap();
+    let mut cluster = admin["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == cluster_name)
+        .map(|c| c["cluster"].clone())
+        .unwrap();
+    if let Some(server) = server {
+        cluster["server"] = server.into();
+    }
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "testenv", "cluster": cluster}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "testenv", "user": "operator"}}],
+        "current-context": "operator",
+    })
+}
+
+/// A fresh token of the chart's ServiceAccount in `ns` (installed by
+/// [`install_chart_rbac`]), once RBAC lets it list bridges there.
+pub async fn service_account_token(admin: &Client, ns: &str) -> String {
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = sas
+        .create_token_request(RELEASE, &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    // RBAC reaches the authorizer's cache a moment after the bindings exist.
+    let client = token_client(&token_kubeconfig(&token, None)).await;
+    let bridges: Api<MqttKafkaBridge> = Api::namespaced(client, ns);
+    wait_for(
+        "the chart's RBAC to apply",
+        Duration::from_secs(30),
+        || async {
+            bridges
+                .list(&ListParams::default().limit(1))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    token
+}
+
+/// A client from a kubeconfig made by [`token_kubeconfig`].
+pub async fn token_client(kubeconfig: &serde_json::Value) -> Client {
+    let kubeconfig: kube::config::Kubeconfig = serde_json::from_value(kubeconfig.clone()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// A client authenticated as the chart's ServiceAccount in `ns`, with
+/// exactly the RBAC the chart grants an operator watching `ns`.
+pub async fn operator_client(admin: &Client, ns: &str) -> Client {
+    install_chart_rbac(admin, ns).await;
+    let token = service_account_token(admin, ns).await;
+    token_client(&token_kubeconfig(&token, None)).await
+}
+
+/// Text forms of `bytes` a reader of the operator's output could compute
+/// from a guess: the bytes themselves, their base64 (as Secret data is
+/// serialized) and hex, and their SHA-1, SHA-256 and SHA-512 digests in hex
+/// and base64. Each with a label saying what it is.
+pub fn derived_forms(label: &str, bytes: &[u8]) -> Vec<(String, String)> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use sha2::Digest as _;
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+    let encodings = |what: &str, b: &[u8]| {
+        vec![
+            (format!("{what} as hex"), hex(b)),
+            (format!("{what} as HEX"), hex(b).to_uppercase()),
+            (format!("{what} as base64"), STANDARD.encode(b)),
+            (
+                format!("{what} as unpadded base64"),
+                STANDARD_NO_PAD.encode(b),
+            ),
+            (format!("{what} as base64url"), URL_SAFE_NO_PAD.encode(b)),
+        ]
+    };
+    let mut forms = Vec::new();
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        forms.push((label.to_string(), text.to_string()));
+    }
+    forms.extend(encodings(label, bytes));
+    forms.extend(encodings(
+        &format!("SHA-1 of {label}"),
+        &sha1::Sha1::digest(bytes),
+    ));
+    forms.extend(encodings(
+        &format!("SHA-256 of {label}"),
+        &sha2::Sha256::digest(bytes),
+    ));
+    forms.extend(encodings(
+        &format!("SHA-512 of {label}"),
+        &sha2::Sha512::digest(bytes),
+    ));
+    forms
+}
+
+/// The forms of each secret value and of the concatenations the operator
+/// once hashed onto the pod template: every referenced (Secret name, key,
+/// value) in name and key order, each part prefixed with its length as a
+/// big-endian u64, and the same without the prefixes.
+pub fn secret_forms(referenced: &[(&str, &str, &str)]) -> Vec<(String, String)> {
+    let mut sorted = referenced.to_vec();
+    sorted.sort();
+    let mut prefixed = Vec::new();
+    let mut plain = Vec::new();
+    let mut values = Vec::new();
+    for (name, key, value) in &sorted {
+        for part in [name.as_bytes(), key.as_bytes(), value.as_bytes()] {
+            prefixed.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            prefixed.extend_from_slice(part);
+            plain.extend_from_slice(part);
+        }
+        values.extend_from_slice(value.as_bytes());
+    }
+    let mut forms = Vec::new();
+    for (name, key, value) in &sorted {
+        forms.extend(derived_forms(
+            &format!("the value of {name}/{key}"),
+            value.as_bytes(),
+        ));
+        let mut one = Vec::new();
+        for part in [name.as_bytes(), key.as_bytes(), value.as_bytes()] {
+            one.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            one.extend_from_slice(part);
+        }
+        forms.extend(derived_forms(
+            &format!("length-prefixed {name}/{key}"),
+            &one,
+        ));
+    }
+    forms.extend(derived_forms("all length-prefixed entries", &prefixed));
+    forms.extend(derived_forms("all entries concatenated", &plain));
+    forms.extend(derived_forms("all values concatenated", &values));
+    forms
+}
+
+/// Everything the operator wrote, or caused to be written, in `ns` as JSON
+/// text: Deployments, ReplicaSets, Pods, ConfigMaps, Services, events (both
+/// APIs) and the bridges with their status.
+pub async fn operator_output(client: &Client, ns: &str) -> String {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Pod, Service};
+    use k8s_openapi::api::events::v1::Event;
+    async fn all<K>(client: &Client, ns: &str) -> String
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + serde::Serialize,
+    {
+        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        let items = api.list(&ListParams::default()).await.unwrap().items;
+        assert!(
+            !items.is_empty() || K::kind(&()) == "Event",
+            "no {} in {ns}: nothing to check",
+            K::kind(&())
+        );
+        serde_json::to_string(&items).unwrap()
+    }
+    [
+        all::<Deployment>(client, ns).await,
+        all::<ReplicaSet>(client, ns).await,
+        all::<Pod>(client, ns).await,
+        all::<ConfigMap>(client, ns).await,
+        all::<Service>(client, ns).await,
+        all::<Event>(client, ns).await,
+        all::<CoreEvent>(client, ns).await,
+        all::<MqttKafkaBridge>(client, ns).await,
+    ]
+    .join("\n")
+}
+
+/// Fails naming the form when any of `forms` appears in `text`.
+#[track_caller]
+pub fn assert_no_form(what: &str, text: &str, forms: &[(String, String)]) {
+    for (label, form) in forms {
+        assert!(!text.contains(form.as_str()), "{label} appears in {what}");
+    }
 }
