@@ -773,23 +773,7 @@ impl State {
     fn count_drop(&mut self, route: usize, reason: &'static str, source_topic: &str) {
         let name = &self.config.routes.kafka_to_mqtt[route].name;
         self.observability
-            .metrics
-            .dropped
-            .get_or_create(&metrics::route_reason(name, reason))
-            .inc();
-        if reason == crate::routes::OWN_MESSAGE {
-            return;
-        }
-        self.observability.health.record_drop(name, reason);
-        if let Some(more) = self.dropped_log.allow(Instant::now()) {
-            tracing::warn!(
-                route = name,
-                reason,
-                kafka_topic = source_topic,
-                not_logged_since_last = more,
-                "record dropped: the route has no deadLetterTopic (see bridge_messages_dropped_total)"
-            );
-        }
+            .count_drop(&mut self.dropped_log, name, reason, source_topic);
     }
 
     fn on_sent(&mut self, conn: usize, pkid: u16) {

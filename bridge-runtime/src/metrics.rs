@@ -388,6 +388,35 @@ pub struct Observability {
 }
 
 impl Observability {
+    /// Counts a message of `route` dropped for `reason`. Undeliverable ones
+    /// (not the bridge's own looping messages) also reach `/readyz` and
+    /// `/report`, and at most one log line per `log` interval says so.
+    pub fn count_drop(
+        &self,
+        log: &mut crate::delivery::LogEvery,
+        route: &str,
+        reason: &'static str,
+        source_topic: &str,
+    ) {
+        self.metrics
+            .dropped
+            .get_or_create(&route_reason(route, reason))
+            .inc();
+        if reason == crate::routes::OWN_MESSAGE {
+            return;
+        }
+        self.health.record_drop(route, reason);
+        if let Some(more) = log.allow(Instant::now()) {
+            tracing::warn!(
+                route,
+                reason,
+                source_topic,
+                not_logged_since_last = more,
+                "message dropped: the route has no deadLetterTopic (see bridge_messages_dropped_total)"
+            );
+        }
+    }
+
     /// New shared state.
     pub fn new(connections: usize, loops: usize) -> Arc<Self> {
         Arc::new(Self {

@@ -518,23 +518,7 @@ impl Pipeline {
     fn count_drop(&mut self, route: usize, reason: &'static str, source_topic: &str) {
         let name = &self.config.routes.mqtt_to_kafka[route].name;
         self.observability
-            .metrics
-            .dropped
-            .get_or_create(&metrics::route_reason(name, reason))
-            .inc();
-        if reason == crate::routes::OWN_MESSAGE {
-            return;
-        }
-        self.observability.health.record_drop(name, reason);
-        if let Some(more) = self.logs.dropped.allow(Instant::now()) {
-            tracing::warn!(
-                route = name,
-                reason,
-                mqtt_topic = source_topic,
-                not_logged_since_last = more,
-                "message dropped: the route has no deadLetterTopic (see bridge_messages_dropped_total)"
-            );
-        }
+            .count_drop(&mut self.logs.dropped, name, reason, source_topic);
     }
 
     /// Sends a record unless older records must go first: those of its topic

@@ -141,6 +141,38 @@ async fn wait_acked(acked: &std::sync::atomic::AtomicU64, count: u64, timeout: D
     }
 }
 
+/// Waits until `/readyz` answers 503 naming `what`; returns the body.
+async fn readyz_naming(bridge: &Bridge, what: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = bridge.get("/readyz");
+        if let Some((503, body)) = &r
+            && body.contains(what)
+        {
+            return body.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never named {what}: {r:?}\n{}",
+            bridge.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until `/readyz` answers 200 again.
+async fn ready_again(bridge: &Bridge, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while bridge.get("/readyz").map(|r| r.0) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "not ready again: {:?}",
+            bridge.get("/readyz")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The bridge's `/report`, which the operator reads into the bridge's status.
 fn bridge_report(bridge: &Bridge) -> crds::report::BridgeReport {
     let (status, body) = bridge.get(crds::report::REPORT_PATH).expect("/report");
@@ -375,21 +407,7 @@ async fn missing_templated_topic_is_held_visible_then_delivered() {
     }
     wait_acked(&acked, u64::from(EACH * 2), Duration::from_secs(30)).await;
     // Held and visible.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let readyz = loop {
-        let r = bridge.get("/readyz");
-        if let Some((503, body)) = &r
-            && body.contains(&missing)
-        {
-            break body.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz never named {missing}: {r:?}\n{}",
-            bridge.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let readyz = readyz_naming(&bridge, &missing, Duration::from_secs(30)).await;
     assert!(
         readyz.contains("kafka_topic_missing") && readyz.contains("by-level"),
         "{readyz}"
@@ -425,15 +443,7 @@ async fn missing_templated_topic_is_held_visible_then_delivered() {
         firsts.windows(2).all(|w| w[0] < w[1]),
         "order kept: {firsts:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while bridge.get("/readyz").map(|r| r.0) != Some(200) {
-        assert!(
-            Instant::now() < deadline,
-            "not ready again: {:?}",
-            bridge.get("/readyz")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    ready_again(&bridge, Duration::from_secs(30)).await;
     Row {
         case: "MQTT->Kafka templated topic missing, created later",
         sent: EACH as usize * 2,
@@ -793,21 +803,7 @@ async fn kafka_acl_missing_holds_until_granted() {
         }
     }
     wait_acked(&acked, u64::from(EACH * 2), Duration::from_secs(30)).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let readyz = loop {
-        let r = bridge.get("/readyz");
-        if let Some((503, body)) = &r
-            && body.contains(&denied)
-        {
-            break body.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz never named {denied}: {r:?}\n{}",
-            bridge.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let readyz = readyz_naming(&bridge, &denied, Duration::from_secs(60)).await;
     assert!(
         readyz.contains("kafka_topic_authorization_failed"),
         "{readyz}"
@@ -848,15 +844,7 @@ async fn kafka_acl_missing_holds_until_granted() {
     );
     let took = granted_at.elapsed();
     assert_eq!(numbers(&arrived).len(), EACH as usize, "{}", bridge.log());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while bridge.get("/readyz").map(|r| r.0) != Some(200) {
-        assert!(
-            Instant::now() < deadline,
-            "not ready again: {:?}",
-            bridge.get("/readyz")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    ready_again(&bridge, Duration::from_secs(30)).await;
     assert_eq!(
         bridge.metric("bridge_in_flight_messages{side=\"mqtt\""),
         0.0
