@@ -21,10 +21,9 @@ routes:
 
 fn run(args: &[&str], config: &str) -> (i32, String, String) {
     let dir = common::temp_dir("config-errors");
-    let path = dir.join(format!(
-        "{}.yaml",
-        std::process::id() as u64 * 1000 + config.len() as u64
-    ));
+    // A name of its own per call: tests run in parallel, and two configs of
+    // one length once shared a file.
+    let path = dir.join(format!("{}.yaml", testenv::unique_name("config")));
     std::fs::write(&path, config).unwrap();
     let out = Command::new(common::BIN)
         .args(args)
