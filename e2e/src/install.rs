@@ -20,21 +20,26 @@ pub fn chart_dir() -> PathBuf {
     crate::workspace().join("helm/mqtt-kafka-operator")
 }
 
-/// A namespace enforcing the "restricted" Pod Security Standard, so bridge
-/// pods that are not locked down would be refused.
+/// A namespace for bridges on the real node. Their pods use the host
+/// network (the node has no pod network), which only the "privileged" Pod
+/// Security level admits; the pods' own lock-down (non-root, read-only root
+/// file system) is checked on the running containers instead.
 pub fn create_namespace(s: &Servers, name: &str) -> Result<()> {
     let manifest = format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
-         pod-security.kubernetes.io/enforce: restricted\n"
+         pod-security.kubernetes.io/enforce: privileged\n"
     );
     run(s.kubectl().args(["apply", "-f", "-"]), Some(&manifest))?;
     Ok(())
 }
 
 /// `helm install` of the chart into `operator_ns`, watching `bridge_ns`
-/// only (a Role there), with no in-cluster replica: kwok pods run nothing,
-/// so the operator runs as a local process under the chart's
-/// ServiceAccount token ([`token_kubeconfig`], [`start_operator`]).
+/// only (a Role there), with no in-cluster replica: the operator runs as a
+/// local process under the chart's ServiceAccount token
+/// ([`token_kubeconfig`], [`start_operator`]). In a pod it would reach the
+/// apiserver through the `kubernetes` Service, which has no endpoint in the
+/// test environment (its apiserver listens on loopback only and there is no
+/// kube-proxy).
 pub fn helm_install(
     s: &Servers,
     helm_home: &Path,
@@ -188,6 +193,10 @@ pub struct BridgeNames {
     pub kafka_topic: String,
     /// Client id prefix, shared-subscription group and consumer group.
     pub client_prefix: String,
+    /// `spec.http.port`: slot N listens on this + N on the host network.
+    pub http_port: u16,
+    /// `spec.template.pod` (where the pods run: [`crate::node::RealNode`]).
+    pub pod_template: serde_json::Value,
 }
 
 /// `deploy/examples/sensor-fleet.yaml`, pointed at the test servers: the
@@ -255,6 +264,16 @@ pub fn sensor_fleet_bridge(s: &Servers, n: &BridgeNames) -> Result<String> {
         &mut v,
         &["spec", "kafka", "consumer", "autoOffsetReset"],
         "earliest".into(),
+    );
+    set(
+        &mut v,
+        &["spec", "http"],
+        yaml(&format!("{{port: {}}}", n.http_port))?,
+    );
+    set(
+        &mut v,
+        &["spec", "template"],
+        yaml(&serde_json::json!({"pod": n.pod_template}).to_string())?,
     );
     let routes = v["spec"]["routes"]
         .as_sequence_mut()

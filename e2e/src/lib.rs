@@ -5,14 +5,13 @@
 //! - [`install`]: the operator installed with the Helm chart (RBAC,
 //!   ServiceAccount) and run as a local process under that ServiceAccount's
 //!   token; the Secrets; the sample bridge pointed at the test servers.
-//! - [`kubelet`]: kwok only pretends to run pods, so a small stand-in kubelet
-//!   runs each bridge pod's container as its pod spec says (ConfigMap and
-//!   Secret volumes, env, args) and reports the container's `/readyz` as the
-//!   pod's Ready condition, which is what the operator's status is built from.
+//! - [`node`]: the test environment's real node (kubelet + containerd), where
+//!   the bridge pods run from the bridge image through the bridge's pod
+//!   template; what the tests read back from it.
 //! - [`records`]: reads a Kafka topic back with keys and partitions.
 
 pub mod install;
-pub mod kubelet;
+pub mod node;
 pub mod records;
 
 use std::path::{Path, PathBuf};
