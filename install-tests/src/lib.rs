@@ -170,6 +170,21 @@ impl TempNamespace {
     }
 }
 
+impl TempNamespace {
+    /// A fresh namespace for pods on the test environment's real node: they
+    /// use the host network (the node has no pod network), which only the
+    /// "privileged" Pod Security level admits.
+    pub fn for_real_node(prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        let manifest = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
+             pod-security.kubernetes.io/enforce: privileged\n"
+        );
+        run_ok(kubectl().args(["apply", "-f", "-"]), Some(&manifest));
+        Self { name }
+    }
+}
+
 impl Drop for TempNamespace {
     fn drop(&mut self) {
         let _ = output(
