@@ -104,6 +104,17 @@ pub fn up(dir: &Path) -> Result<bool> {
         state.servers.extend(servers);
         save(dir, &state)?;
     }
+    // Another checkout's environment runs the host's one real node: the rest
+    // comes up, tests that need the node say so.
+    let node_elsewhere = node::other_owner(dir);
+    if let Some(owner) = &node_elsewhere {
+        eprintln!(
+            "xtask: WARNING: the test environment in {owner} runs this host's real node \
+             (one fits on a host); this one starts without it (REAL_NODE unset): \
+             `cargo xtask testenv down` there, then `up` here"
+        );
+    }
+    let skip = |name: &str| node_elsewhere.is_some() && node::is_node_server(name);
     let mut started = false;
     let mut offsets = BTreeMap::new();
     let names: Vec<String> = state.servers.iter().map(|s| s.name.clone()).collect();
@@ -113,7 +124,7 @@ pub fn up(dir: &Path) -> Result<bool> {
         let Some(server) = state.servers.iter_mut().find(|s| &s.name == name) else {
             continue;
         };
-        if server.is_running() {
+        if server.is_running() || skip(name) {
             continue;
         }
         eprintln!("xtask: starting {name}");
@@ -133,7 +144,7 @@ pub fn up(dir: &Path) -> Result<bool> {
             after_ready(&tools, name)?;
         }
     }
-    for server in &state.servers {
+    for server in state.servers.iter().filter(|s| !skip(&s.name)) {
         let offset = offsets.get(&server.name).copied().unwrap_or(0);
         server.wait_ready(&logs, ready_timeout(&server.name), offset)?;
     }
@@ -279,10 +290,20 @@ fn status(dir: &Path) -> Result<()> {
         return Ok(());
     };
     let mut all = true;
+    let node_elsewhere = node::other_owner(dir);
     for s in &state.servers {
         let running = s.is_running();
-        all &= running;
         let pid = s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        match &node_elsewhere {
+            Some(owner) if !running && node::is_node_server(&s.name) => {
+                println!(
+                    "{:<20} not here: the host's real node runs in {owner}",
+                    s.name
+                );
+                continue;
+            }
+            _ => all &= running,
+        }
         println!(
             "{:<20} {:<8} pid {}",
             s.name,
@@ -334,6 +355,14 @@ fn with_server(
 /// The variables tests read, including where the logs are and how to control servers.
 pub fn env_vars(dir: &Path, state: &State) -> BTreeMap<String, String> {
     let mut vars = state.vars.clone();
+    if !state
+        .servers
+        .iter()
+        .any(|s| s.name == "kubelet" && s.is_running())
+    {
+        // Tests that need the real node fail naming REAL_NODE.
+        vars.remove("REAL_NODE");
+    }
     vars.insert(
         "TESTENV_LOG_DIR".into(),
         dir.join("logs").display().to_string(),

@@ -272,22 +272,33 @@ fn host_file(dir: &Path) -> PathBuf {
     dir.join("host-before.json")
 }
 
+/// Servers of the real node.
+pub fn is_node_server(name: &str) -> bool {
+    name == "containerd" || name == "kubelet"
+}
+
+/// The state directory of another test environment whose real node runs on
+/// this host, if any (one fits on a host).
+pub fn other_owner(state_dir: &Path) -> Option<String> {
+    let owner = std::fs::read_to_string(Path::new(HOST_DIR).join("owner")).ok()?;
+    let owner = owner.trim();
+    (owner != state_dir.display().to_string() && other_node_runs(Path::new(owner)))
+        .then(|| owner.to_owned())
+}
+
 /// Makes this test environment the owner of the host's one real node, or
 /// fails naming the other one.
 pub fn claim_host(state_dir: &Path) -> Result<()> {
+    if let Some(owner) = other_owner(state_dir) {
+        bail!(
+            "the test environment in {owner} runs this host's real node (kubelet and \
+             containerd; only one fits on a host): `cargo xtask testenv down` there first"
+        );
+    }
     std::fs::create_dir_all(HOST_DIR).with_context(|| format!("create {HOST_DIR}"))?;
     let owner_file = Path::new(HOST_DIR).join("owner");
-    let me = state_dir.display().to_string();
-    if let Ok(owner) = std::fs::read_to_string(&owner_file) {
-        let owner = owner.trim();
-        if owner != me && other_node_runs(Path::new(owner)) {
-            bail!(
-                "the test environment in {owner} runs this host's real node (kubelet and \
-                 containerd; only one fits on a host): `cargo xtask testenv down` there first"
-            );
-        }
-    }
-    std::fs::write(&owner_file, &me).with_context(|| format!("write {}", owner_file.display()))
+    std::fs::write(&owner_file, state_dir.display().to_string())
+        .with_context(|| format!("write {}", owner_file.display()))
 }
 
 fn other_node_runs(state_dir: &Path) -> bool {
