@@ -53,50 +53,13 @@ fn token_kubeconfig(token: &str, path: &std::path::Path) {
     }
 }
 
-/// `deploy/examples/current-sensor.yaml` pointed at the test servers with
-/// unique names, its pod on the real node. The route's Kafka topic is a
-/// template, so readiness needs no topic created first.
-fn current_sensor_on_the_real_node(id: &str, http_port: u16) -> String {
-    let example =
-        std::fs::read_to_string(workspace().join("deploy/examples/current-sensor.yaml")).unwrap();
-    let mut v: serde_yaml::Value = serde_yaml::from_str(&example).unwrap();
-    v["spec"]["mqtt"]["url"] = var("MQTT_URL").into();
-    v["spec"]["mqtt"]["clientIdPrefix"] = id.into();
-    v["spec"]["kafka"]["bootstrapServers"] = var("KAFKA_BOOTSTRAP").into();
-    let route = &mut v["spec"]["routes"][0]["mqttToKafka"];
-    route["mqttTopicFilter"] = format!("{id}/+").into();
-    route["kafkaTopic"] = format!("{id}.{{1}}").into();
-    let extra: serde_yaml::Value = serde_json::from_value(serde_json::json!({
-        "http": {"port": http_port},
-        "template": {"pod": {
-            "hostNetwork": true,
-            "nodeSelector": {"kubernetes.io/hostname": var("REAL_NODE")},
-            "tolerations": [{"key": var("REAL_NODE_TAINT"), "operator": "Exists", "effect": "NoSchedule"}],
-        }},
-    }))
-    .unwrap();
-    if let (Some(spec), serde_yaml::Value::Mapping(extra)) = (v["spec"].as_mapping_mut(), extra) {
-        spec.extend(extra);
-    }
-    serde_yaml::to_string(&v).unwrap()
-}
-
 #[test]
 fn operator_with_the_chart_service_account_reconciles_a_bridge() {
     let ns = TempNamespace::for_real_node("sa-token");
     // The bridge image from the test binaries, imported into the node's
     // containerd (a private store: vfs layers are full copies).
     let storage = TempDir(std::env::temp_dir().join(format!("mkb-it-{}", std::process::id())));
-    run_ok(
-        Command::new(var("TESTENV_CTL"))
-            .args(["images", "--tag", "install-test", "--bin-dir"])
-            .arg(cargo_bin_dir())
-            .arg("--root")
-            .arg(storage.0.join("root"))
-            .arg("--runroot")
-            .arg(storage.0.join("runroot")),
-        None,
-    );
+    images_into_the_real_node("install-test", &storage.0);
     let release = unique_name("mko");
     let sa = format!("{release}-mqtt-kafka-operator");
     // The chart's defaults (ClusterRole), with no in-cluster replica: the
@@ -155,11 +118,7 @@ fn operator_with_the_chart_service_account_reconciles_a_bridge() {
             .expect("start the operator"),
     );
 
-    let http_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let bridge = current_sensor_on_the_real_node(&ns.name, http_port);
+    let bridge = current_sensor_on_the_real_node(&ns.name, free_port());
     run_ok(
         kubectl().args(["apply", "-n", &ns.name, "-f", "-"]),
         Some(&bridge),
