@@ -1,5 +1,5 @@
 //! End to end on the test environment's real node (kubelet + containerd):
-//! the chart installs the operator; Secrets and the 2000-sensor example
+//! the chart installs the operator, which runs as a pod there; Secrets and the 2000-sensor example
 //! bridge are applied with a pod template that puts the bridge pods on the
 //! real node (host network, its taint tolerated); the pods run from the
 //! bridge image (built from the test binaries with `cargo xtask images`,
@@ -16,15 +16,15 @@
 //!
 //! Everything has unique names (namespaces, topics, MQTT topic root, client
 //! ids, groups, HTTP ports): other tests share the servers and the node.
-//! The operator runs as a local process under the chart's ServiceAccount
-//! token (see `e2e::install::helm_install` for why not as a pod).
+//! The operator runs as a pod of the chart on the real node too, from the
+//! operator image (`e2e::install::helm_install_on_node`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use e2e::install::{self, BridgeNames, Guard};
+use e2e::install::{self, BridgeNames};
 use e2e::node::{self, RealNode};
 use e2e::{Servers, records, run};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -337,7 +337,6 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
     // 1. The bridge image into the node's containerd; the chart: CRD
     //    (already installed, shared), RBAC for the watched namespace,
     //    ServiceAccount; the operator under that account's token.
-    let image = "localhost/mqtt-kafka-bridge:e2e";
     let started = Instant::now();
     node::build_images(
         "e2e",
@@ -353,26 +352,24 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
         ),
     );
     install::create_namespace(&s, &ns).unwrap();
-    let release = "mko";
-    install::helm_install(&s, &dir.join("helm"), release, &op_ns, &ns, image).unwrap();
-    let kubeconfig = dir.join("operator.kubeconfig");
-    install::token_kubeconfig(&s, release, &op_ns, "30m", &kubeconfig).unwrap();
-    let op_http: std::net::SocketAddr = ([127, 0, 0, 1], e2e::free_port().unwrap()).into();
-    let operator_log = dir.join("operator.log");
-    let _operator = Guard(Some(
-        install::start_operator(
-            &cargo_bin("operator"),
-            &kubeconfig,
-            &ns,
-            image,
-            op_http,
-            &operator_log,
-        )
-        .unwrap(),
-    ));
+    let started = Instant::now();
+    install::helm_install_on_node(
+        &s,
+        &dir.join("helm"),
+        "mko",
+        &op_ns,
+        &ns,
+        "e2e",
+        &real_node,
+        e2e::free_port().unwrap(),
+    )
+    .unwrap();
     step(
         t0,
-        "operator installed with the chart and running under its ServiceAccount",
+        &format!(
+            "operator installed with the chart, its pod Ready on the real node after {:.1} s (helm --wait)",
+            started.elapsed().as_secs_f64()
+        ),
     );
 
     // 2. Topic, Secrets, the example bridge on the real node.
@@ -432,16 +429,20 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
         )
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-        format!(
-            "{what}\n--- pods\n{describe}--- bridge logs\n{logs}\n--- operator\n{}",
-            std::fs::read_to_string(&operator_log)
-                .unwrap_or_default()
-                .lines()
-                .rev()
-                .take(15)
-                .collect::<Vec<_>>()
-                .join("\n")
+        let operator = e2e::output(
+            s.kubectl().args([
+                "logs",
+                "-n",
+                &op_ns,
+                "-l",
+                "app.kubernetes.io/name=mqtt-kafka-operator",
+                "--tail=15",
+            ]),
+            None,
         )
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+        format!("{what}\n--- pods\n{describe}--- bridge logs\n{logs}\n--- operator\n{operator}")
     };
 
     // 5. kubectl wait: both pods ready (the kubelet's probe of /readyz) → Ready.

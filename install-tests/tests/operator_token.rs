@@ -2,9 +2,9 @@
 //! ServiceAccount (not admin), reconciles an example bridge to Ready — its pod
 //! running on the test environment's real node from the bridge image, Ready
 //! through the kubelet's probe; what the chart's RBAC does not grant (writing
-//! a Secret) is denied. (The operator itself is a local process: in a pod it
-//! would reach the apiserver through the `kubernetes` Service, which has no
-//! endpoint in the test environment.)
+//! a Secret) is denied. The operator is a local process here, so that the
+//! test can use the very same token for `kubectl` and show what it may not
+//! do; `operator_pod.rs` runs it as a pod of the chart.
 
 use std::process::{Child, Command, Stdio};
 

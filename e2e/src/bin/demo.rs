@@ -1,12 +1,11 @@
 //! `mkb-demo`: the quickstart behind `cargo xtask demo`, against the test
 //! environment (its variables in the environment).
 //!
-//! - `up`: installs the operator with the Helm chart (run as a local
-//!   process under the chart's ServiceAccount token: see
-//!   `e2e::install::helm_install` for why not as a pod), creates the topic,
-//!   the Secrets and the sample bridge — its pods run on the test
-//!   environment's real node (kubelet + containerd) from the bridge image
-//!   `cargo xtask demo` imported — and starts the `agent` in the background.
+//! - `up`: installs the operator with the Helm chart — a pod on the test
+//!   environment's real node (kubelet + containerd) from the operator image
+//!   `cargo xtask demo` imported — creates the topic, the Secrets and the
+//!   sample bridge, whose pods run there too from the bridge image, and
+//!   starts the `agent` in the background.
 //! - `agent` (background): runs the sensor fleet over MQTT, counts what comes
 //!   back and reads the bridge pods' status; writes `status.json` in the
 //!   state directory.
@@ -32,7 +31,8 @@ const BRIDGE_NS: &str = "mkb-demo";
 const RELEASE: &str = "mqtt-kafka-operator";
 const BRIDGE: &str = "sensor-fleet";
 const LABEL: &str = "mqttkafka.io/bridge=sensor-fleet";
-const IMAGE: &str = "localhost/mqtt-kafka-bridge:demo";
+/// Tag of the images `cargo xtask demo` imported into the real node.
+const IMAGE_TAG: &str = "demo";
 
 #[derive(Parser)]
 #[command(name = "mkb-demo", about = "The MQTT-Kafka bridge quickstart")]
@@ -140,30 +140,22 @@ async fn up(state: &Path, a: &UpArgs) -> Result<()> {
         "installing the operator with Helm (release {RELEASE}, namespace {OPERATOR_NS}, watching {BRIDGE_NS})"
     ));
     install::create_namespace(&s, BRIDGE_NS)?;
-    install::helm_install(
+    let op_port = e2e::free_port()?;
+    install::helm_install_on_node(
         &s,
         &state.join("helm"),
         RELEASE,
         OPERATOR_NS,
         BRIDGE_NS,
-        IMAGE,
+        IMAGE_TAG,
+        &real_node,
+        op_port,
     )?;
-    let kubeconfig = state.join("operator.kubeconfig");
-    install::token_kubeconfig(&s, RELEASE, OPERATOR_NS, "24h", &kubeconfig)?;
-    let op_http: std::net::SocketAddr = ([127, 0, 0, 1], e2e::free_port()?).into();
-    let operator = install::start_operator(
-        &bin_dir.join("operator"),
-        &kubeconfig,
-        BRIDGE_NS,
-        IMAGE,
-        op_http,
-        &state.join("operator.log"),
-    )?;
+    let op_http = format!("127.0.0.1:{op_port}");
     say(&format!(
-        "operator running (pid {}, ServiceAccount {}, log {})",
-        operator.id(),
+        "operator running as a pod on node {} (ServiceAccount {}; kubectl logs -n {OPERATOR_NS} deploy/{RELEASE})",
+        real_node.name,
         install::service_account(&s, RELEASE, OPERATOR_NS)?,
-        state.join("operator.log").display()
     ));
 
     say(&format!(
@@ -207,9 +199,8 @@ async fn up(state: &Path, a: &UpArgs) -> Result<()> {
     std::fs::write(
         pids_file(state),
         serde_json::to_vec_pretty(&json!({
-            "operator": {"pid": operator.id(), "program": "operator"},
             "agent": {"pid": agent.id(), "program": "mkb-demo"},
-            "operator_http": op_http.to_string(),
+            "operator_http": op_http,
             "bridge_http_port": names.http_port,
             "kafka_topic": names.kafka_topic,
             "mqtt_root": names.mqtt_root,
@@ -492,9 +483,10 @@ fn alive(pid: u32) -> bool {
 async fn down(state: &Path) -> Result<()> {
     let s = Servers::from_env()?;
     if let Some(procs) = read_json(&pids_file(state)) {
-        // The agent first (the fleet), then the operator; the bridge pods go
-        // with the bridge below (the kubelet stops them: SIGTERM, they drain).
-        for key in ["agent", "operator"] {
+        // The agent (the fleet); the operator and the bridge pods go with
+        // the bridge and the release below (the kubelet stops them: SIGTERM,
+        // they drain).
+        for key in ["agent"] {
             let pid = procs[key]["pid"].as_u64().unwrap_or(0) as u32;
             let program = procs[key]["program"].as_str().unwrap_or("");
             if pid != 0 && stop_recorded(pid, program) {
