@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{KafkaSpec, MqttSpec, Route, SecretKeyRef};
@@ -29,6 +30,8 @@ use crate::{KafkaSpec, MqttSpec, Route, SecretKeyRef};
     // The name is a label value and prefixes Service names (63-character DNS labels).
     validation = kube::core::Rule::new("self.metadata.name.size() <= 55")
         .message("metadata.name must be at most 55 characters: it names the bridge's Deployments and Service"),
+    validation = kube::core::Rule::new("!has(self.spec.http) || !has(self.spec.template) || !has(self.spec.template.pod) || !has(self.spec.template.pod.hostNetwork) || !self.spec.template.pod.hostNetwork || self.spec.http.port + self.spec.replicas <= 65536")
+        .message("spec.http.port + spec.replicas must stay within 65536: with hostNetwork slot N listens on port + N"),
     doc = "MqttKafkaBridge carries messages between an MQTT broker and a Kafka cluster along its routes.",
     scale(
         spec_replicas_path = ".spec.replicas",
@@ -81,27 +84,71 @@ pub struct MqttKafkaBridgeSpec {
     /// Compute resources of the bridge container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Scheduling and metadata of the bridge pods.
+    /// The bridge's HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template: Option<PodTemplate>,
+    pub http: Option<HttpSpec>,
+    /// How the bridge pods are made (Strimzi's `template` vocabulary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<BridgeTemplate>,
 }
 
 fn default_replicas() -> i32 {
     1
 }
 
-/// What users may set on the bridge pods. Operator-owned labels win over these.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+/// The bridge's HTTP endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+pub struct HttpSpec {
+    /// Port of the HTTP endpoint (default 8080). With `template.pod.hostNetwork`
+    /// the pods share the node's ports, so slot N listens on `port + N`.
+    #[serde(default = "default_http_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+impl Default for HttpSpec {
+    fn default() -> Self {
+        Self {
+            port: default_http_port(),
+        }
+    }
+}
+
+/// Port of the bridge's HTTP endpoint unless `spec.http.port` says otherwise.
+pub const DEFAULT_HTTP_PORT: i32 = 8080;
+
+fn default_http_port() -> i32 {
+    DEFAULT_HTTP_PORT
+}
+
+/// Templates of what the operator creates for a bridge.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BridgeTemplate {
+    /// The bridge pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodTemplate>,
+}
+
+/// What users may set on the bridge pods. Operator-owned labels
+/// (`mqttkafka.io/…`) and the security settings are not theirs to change.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!(has(self.hostNetwork) && self.hostNetwork) || !has(self.dnsPolicy) || self.dnsPolicy != 'ClusterFirst'",
+        "message": "template.pod.dnsPolicy ClusterFirst with hostNetwork: true resolves names with the node's DNS, not the cluster's: use ClusterFirstWithHostNet (the default with hostNetwork) or Default"
+    },
+    {
+        "rule": "(has(self.hostNetwork) && self.hostNetwork) || !has(self.dnsPolicy) || self.dnsPolicy != 'ClusterFirstWithHostNet'",
+        "message": "template.pod.dnsPolicy ClusterFirstWithHostNet only applies with hostNetwork: true; leave dnsPolicy unset or use ClusterFirst or Default"
+    }
+]))]
 pub struct PodTemplate {
-    /// Extra pod labels.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64))]
-    pub labels: BTreeMap<String, String>,
-    /// Extra pod annotations.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64))]
-    pub annotations: BTreeMap<String, String>,
+    /// Extra labels and annotations of the pods (service meshes, cost tags).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<MetadataTemplate>,
     /// Node labels the pods must be scheduled on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
@@ -117,6 +164,89 @@ pub struct PodTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub priority_class_name: Option<String>,
+    /// Run the pods in the node's network namespace, for brokers only
+    /// reachable from the node. Slot N's HTTP endpoint then listens on the
+    /// node's loopback only (`127.0.0.1`, port `http.port + N`, probed there),
+    /// so it is not exposed on the node's network; the metrics Service cannot
+    /// reach it. Needs a namespace whose Pod Security level allows host
+    /// networking (privileged).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    /// DNS policy of the pods; default ClusterFirst, or ClusterFirstWithHostNet
+    /// with hostNetwork.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_policy: Option<DnsPolicy>,
+}
+
+/// Extra pod metadata.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.labels) || self.labels.all(k, !k.startsWith('mqttkafka.io/'))",
+        "message": "template.pod.metadata.labels under mqttkafka.io/ are the operator's (they select the bridge's pods): use another prefix"
+    }
+]))]
+pub struct MetadataTemplate {
+    /// Extra pod labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub labels: BTreeMap<String, String>,
+    /// Extra pod annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A pod's DNS policy (`None` is left out: it needs a `dnsConfig`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DnsPolicy {
+    ClusterFirst,
+    ClusterFirstWithHostNet,
+    Default,
+}
+
+impl DnsPolicy {
+    /// The value of a pod spec's `dnsPolicy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterFirst => "ClusterFirst",
+            Self::ClusterFirstWithHostNet => "ClusterFirstWithHostNet",
+            Self::Default => "Default",
+        }
+    }
+}
+
+impl PodTemplate {
+    /// The pods' DNS policy: as set, or the one matching `hostNetwork`.
+    pub fn effective_dns_policy(&self) -> DnsPolicy {
+        self.dns_policy.unwrap_or(if self.host_network {
+            DnsPolicy::ClusterFirstWithHostNet
+        } else {
+            DnsPolicy::ClusterFirst
+        })
+    }
+}
+
+impl MqttKafkaBridgeSpec {
+    /// The pod template, empty when not given.
+    pub fn pod_template(&self) -> PodTemplate {
+        self.template
+            .as_ref()
+            .and_then(|t| t.pod.clone())
+            .unwrap_or_default()
+    }
+
+    /// Port of the HTTP endpoint of `slot`: `http.port`, plus the slot with
+    /// host networking (the pods share the node's ports).
+    pub fn http_port(&self, slot: u32) -> i32 {
+        let base = self.http.as_ref().map_or(DEFAULT_HTTP_PORT, |h| h.port);
+        if self.pod_template().host_network {
+            base.saturating_add(i32::try_from(slot).unwrap_or(i32::MAX))
+        } else {
+            base
+        }
+    }
 }
 
 /// What the operator observed. Written only by the operator.

@@ -213,3 +213,50 @@ fn secret_bearing_kafka_properties_are_rejected_and_key_paths_are_not() {
     }))
     .expect("key file locations are not secrets");
 }
+
+#[test]
+fn pod_template_dns_policy_must_match_host_network() {
+    let pod = |p: Value| with(move |v| v["spec"]["template"] = json!({"pod": p}));
+    check(pod(json!({"hostNetwork": true}))).expect("hostNetwork alone");
+    check(pod(
+        json!({"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"}),
+    ))
+    .expect("the matching policy");
+    check(pod(json!({"hostNetwork": true, "dnsPolicy": "Default"}))).expect("the node's DNS");
+    rejected(
+        pod(json!({"hostNetwork": true, "dnsPolicy": "ClusterFirst"})),
+        "use ClusterFirstWithHostNet",
+    );
+    rejected(
+        pod(json!({"dnsPolicy": "ClusterFirstWithHostNet"})),
+        "only applies with hostNetwork",
+    );
+}
+
+#[test]
+fn pod_template_labels_leave_the_operators_alone() {
+    check(with(|v| {
+        v["spec"]["template"] = json!({"pod": {"metadata": {"labels": {"team": "iot"}}}});
+    }))
+    .expect("a label of the user's own");
+    rejected(
+        with(|v| {
+            v["spec"]["template"] =
+                json!({"pod": {"metadata": {"labels": {"mqttkafka.io/slot": "7"}}}});
+        }),
+        "are the operator's",
+    );
+}
+
+#[test]
+fn host_network_ports_stay_in_range() {
+    let host = |port: i64, replicas: i64| {
+        with(move |v| {
+            v["spec"]["replicas"] = json!(replicas);
+            v["spec"]["http"] = json!({"port": port});
+            v["spec"]["template"] = json!({"pod": {"hostNetwork": true}});
+        })
+    };
+    check(host(65534, 2)).expect("65534 and 65535");
+    rejected(host(65535, 2), "within 65536");
+}

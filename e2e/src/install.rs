@@ -1,8 +1,7 @@
-//! Installing the operator with the chart and running it under the chart's
-//! ServiceAccount; the Secrets and the sample bridge.
+//! Installing the operator with the chart, as a pod on the real node under
+//! the chart's ServiceAccount; the Secrets and the sample bridge.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result};
 
@@ -20,41 +19,63 @@ pub fn chart_dir() -> PathBuf {
     crate::workspace().join("helm/mqtt-kafka-operator")
 }
 
-/// A namespace enforcing the "restricted" Pod Security Standard, so bridge
-/// pods that are not locked down would be refused.
+/// A namespace for bridges on the real node. Their pods use the host
+/// network (the node has no pod network), which only the "privileged" Pod
+/// Security level admits; the pods' own lock-down (non-root, read-only root
+/// file system) is checked on the running containers instead.
 pub fn create_namespace(s: &Servers, name: &str) -> Result<()> {
     let manifest = format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
-         pod-security.kubernetes.io/enforce: restricted\n"
+         pod-security.kubernetes.io/enforce: privileged\n"
     );
     run(s.kubectl().args(["apply", "-f", "-"]), Some(&manifest))?;
     Ok(())
 }
 
-/// `helm install` of the chart into `operator_ns`, watching `bridge_ns`
-/// only (a Role there), with no in-cluster replica: kwok pods run nothing,
-/// so the operator runs as a local process under the chart's
-/// ServiceAccount token ([`token_kubeconfig`], [`start_operator`]).
-pub fn helm_install(
+/// `helm install --wait` of the chart into `operator_ns`, watching
+/// `bridge_ns` only, with the operator as a pod of the chart's Deployment on
+/// the real node, from the operator image `cargo xtask images` imported
+/// with `tag` (the bridges get the bridge image of the same tag). The node
+/// has no pod network and the test apiserver listens on loopback only with
+/// no kube-proxy behind the `kubernetes` Service, so the pod uses the host
+/// network, listens on 127.0.0.1 (`metrics_port`) and reaches the
+/// apiserver at its loopback address: the chart's values for such nodes.
+#[allow(clippy::too_many_arguments)]
+pub fn helm_install_on_node(
     s: &Servers,
     helm_home: &Path,
     release: &str,
     operator_ns: &str,
     bridge_ns: &str,
-    bridge_image: &str,
+    tag: &str,
+    node: &crate::node::RealNode,
+    metrics_port: u16,
 ) -> Result<()> {
-    let (repo, tag) = bridge_image
+    let api = crate::env("KUBE_APISERVER_URL")?;
+    let (host, port) = api
+        .trim_start_matches("https://")
         .rsplit_once(':')
-        .unwrap_or((bridge_image, "latest"));
+        .context("KUBE_APISERVER_URL is https://host:port")?;
+    let values = serde_json::json!({
+        "image": {"repository": "localhost/mqtt-kafka-operator", "tag": tag},
+        "bridgeImage": {"repository": "localhost/mqtt-kafka-bridge", "tag": tag},
+        "watchNamespace": bridge_ns,
+        "log": {"format": "text"},
+        "hostNetwork": true,
+        "metrics": {"address": "127.0.0.1", "port": metrics_port},
+        "apiServer": {"host": host, "port": port},
+        "nodeSelector": {"kubernetes.io/hostname": node.name},
+        "tolerations": [{"key": node.taint, "operator": "Exists", "effect": "NoSchedule"}],
+    });
+    std::fs::create_dir_all(helm_home)?;
+    let values_file = helm_home.join("values.json");
+    std::fs::write(&values_file, values.to_string())?;
     run(
         s.helm(helm_home)
             .args(["upgrade", "--install", release])
             .arg(chart_dir())
-            .args(["--namespace", operator_ns, "--create-namespace"])
-            .args(["--set", "replicaCount=0"])
-            .args(["--set", &format!("watchNamespace={bridge_ns}")])
-            .args(["--set", &format!("bridgeImage.repository={repo}")])
-            .args(["--set", &format!("bridgeImage.tag={tag}")])
+            .args(["--namespace", operator_ns, "--create-namespace", "-f"])
+            .arg(&values_file)
             .args(["--wait", "--timeout", "180s"]),
         None,
     )?;
@@ -83,78 +104,6 @@ pub fn service_account(s: &Servers, release: &str, operator_ns: &str) -> Result<
             "expected one ServiceAccount of release {release} in {operator_ns}, found {other:?}"
         ),
     }
-}
-
-/// Writes a kubeconfig that authenticates with a token of the chart's
-/// ServiceAccount only (so the operator has exactly the chart's RBAC).
-pub fn token_kubeconfig(
-    s: &Servers,
-    release: &str,
-    operator_ns: &str,
-    duration: &str,
-    path: &Path,
-) -> Result<()> {
-    let token = run(
-        s.kubectl().args([
-            "create",
-            "token",
-            &service_account(s, release, operator_ns)?,
-            "-n",
-            operator_ns,
-            &format!("--duration={duration}"),
-        ]),
-        None,
-    )?;
-    let admin: serde_json::Value = serde_json::from_str(&run(
-        s.kubectl()
-            .args(["config", "view", "--raw", "--minify", "-o", "json"]),
-        None,
-    )?)
-    .context("parse kubectl config view")?;
-    let config = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "testenv", "cluster": admin["clusters"][0]["cluster"].clone()}],
-        "users": [{"name": "operator", "user": {"token": token.trim()}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "testenv", "user": "operator"}}],
-        "current-context": "operator",
-    });
-    std::fs::write(path, serde_json::to_vec(&config)?)
-        .with_context(|| format!("write {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(())
-}
-
-/// The operator binary with the chart's arguments (`--namespace` = the
-/// watched namespace), its metrics on `http`, logging to `log`. In its own
-/// process group, so a Ctrl-C in the terminal that started the demo does
-/// not stop it.
-pub fn start_operator(
-    binary: &Path,
-    kubeconfig: &Path,
-    bridge_ns: &str,
-    bridge_image: &str,
-    http: std::net::SocketAddr,
-    log: &Path,
-) -> Result<Child> {
-    use std::os::unix::process::CommandExt;
-    let file = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
-    let mut cmd = Command::new(binary);
-    cmd.args([
-        &format!("--bridge-image={bridge_image}"),
-        &format!("--http-address={http}"),
-        "--log-format=text",
-        &format!("--namespace={bridge_ns}"),
-    ])
-    .env("KUBECONFIG", kubeconfig)
-    .env("RUST_LOG", "info")
-    .stdin(Stdio::null())
-    .stdout(file.try_clone()?)
-    .stderr(file)
-    .process_group(0);
-    cmd.spawn()
-        .with_context(|| format!("start {}", binary.display()))
 }
 
 /// The Secrets the bridge references: the Kafka SCRAM password and the MQTT
@@ -188,6 +137,10 @@ pub struct BridgeNames {
     pub kafka_topic: String,
     /// Client id prefix, shared-subscription group and consumer group.
     pub client_prefix: String,
+    /// `spec.http.port`: slot N listens on this + N on the host network.
+    pub http_port: u16,
+    /// `spec.template.pod` (where the pods run: [`crate::node::RealNode`]).
+    pub pod_template: serde_json::Value,
 }
 
 /// `deploy/examples/sensor-fleet.yaml`, pointed at the test servers: the
@@ -256,6 +209,16 @@ pub fn sensor_fleet_bridge(s: &Servers, n: &BridgeNames) -> Result<String> {
         &["spec", "kafka", "consumer", "autoOffsetReset"],
         "earliest".into(),
     );
+    set(
+        &mut v,
+        &["spec", "http"],
+        yaml(&format!("{{port: {}}}", n.http_port))?,
+    );
+    set(
+        &mut v,
+        &["spec", "template"],
+        yaml(&serde_json::json!({"pod": n.pod_template}).to_string())?,
+    );
     let routes = v["spec"]["routes"]
         .as_sequence_mut()
         .context("example without routes")?;
@@ -272,29 +235,4 @@ pub fn sensor_fleet_bridge(s: &Servers, n: &BridgeNames) -> Result<String> {
         }
     }
     Ok(serde_yaml::to_string(&v)?)
-}
-
-/// A process stopped (SIGTERM, then SIGKILL) when dropped.
-pub struct Guard(pub Option<Child>);
-
-impl Guard {
-    pub fn id(&self) -> Option<u32> {
-        self.0.as_ref().map(Child::id)
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            crate::terminate(c.id());
-            for _ in 0..50 {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }

@@ -3,16 +3,15 @@
 //! (`mkb-demo`, run by `cargo xtask demo`).
 //!
 //! - [`install`]: the operator installed with the Helm chart (RBAC,
-//!   ServiceAccount) and run as a local process under that ServiceAccount's
-//!   token; the Secrets; the sample bridge pointed at the test servers.
-//! - [`kubelet`]: kwok only pretends to run pods, so a small stand-in kubelet
-//!   runs each bridge pod's container as its pod spec says (ConfigMap and
-//!   Secret volumes, env, args) and reports the container's `/readyz` as the
-//!   pod's Ready condition, which is what the operator's status is built from.
+//!   ServiceAccount), its pod on the real node; the Secrets; the sample
+//!   bridge pointed at the test servers.
+//! - [`node`]: the test environment's real node (kubelet + containerd), where
+//!   the operator and bridge pods run from their images (the bridge's through
+//!   its pod template); what the tests read back from it.
 //! - [`records`]: reads a Kafka topic back with keys and partitions.
 
 pub mod install;
-pub mod kubelet;
+pub mod node;
 pub mod records;
 
 use std::path::{Path, PathBuf};
@@ -173,29 +172,4 @@ pub fn terminate(pid: u32) {
             libc::kill(pid, libc::SIGTERM);
         }
     }
-}
-
-/// A minimal HTTP GET (status code and body); enough for `/readyz` and `/metrics`.
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
-    };
-    let buf = tokio::time::timeout(std::time::Duration::from_secs(2), fut)
-        .await
-        .context("HTTP GET timed out")?
-        .with_context(|| format!("GET http://{addr}{path}"))?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad HTTP response from {addr}: {head}"))?;
-    Ok((code, body.to_owned()))
 }

@@ -1,27 +1,34 @@
-//! End to end: the chart installs the operator; Secrets and the 2000-sensor
-//! example bridge are applied; the bridge pods run as their template says
-//! (see `e2e::kubelet`) and their readiness is what the operator reports;
-//! a sensor fleet publishes and its readings arrive in Kafka (keys,
-//! partitions, payloads) and back on MQTT; Kafka is restarted mid-stream
-//! without loss while readiness and the CR say it is down; a route change
-//! rolls the pods; deleting the CR deletes everything it created.
+//! End to end on the test environment's real node (kubelet + containerd):
+//! the chart installs the operator, which runs as a pod there; Secrets and the 2000-sensor example
+//! bridge are applied with a pod template that puts the bridge pods on the
+//! real node (host network, its taint tolerated); the pods run from the
+//! bridge image (built from the test binaries with `cargo xtask images`,
+//! imported into containerd) with real probes, volumes and restarts, so
+//! every pod status the operator reports comes from a real kubelet. A
+//! sensor fleet publishes and its readings arrive in Kafka (keys,
+//! partitions, payloads) and back on MQTT; the pods run as uid 65532 on a
+//! read-only root file system; Kafka is stopped for 90 s under load —
+//! no restart (liveness holds), the bridge Ready=False with the reason, then
+//! Ready with nothing lost; a wrong password in the Secret reaches the
+//! bridge's status as the pod's termination message, and rotating it back
+//! rolls the pods onto the projected new value; a route change rolls the
+//! pods; deleting the CR deletes everything it created.
 //!
 //! Everything has unique names (namespaces, topics, MQTT topic root, client
-//! ids, groups): other tests share the servers. The bridge pods run as
-//! containers of the bridge image (built from the test binaries with
-//! `cargo xtask images`, private podman storage; podman refuses a run root
-//! longer than 50 characters, hence /tmp/mkb-<pid>); `E2E_RUNTIME=process`
-//! runs the binary as a local process instead.
+//! ids, groups, HTTP ports): other tests share the servers and the node.
+//! The operator runs as a pod of the chart on the real node too, from the
+//! operator image (`e2e::install::helm_install_on_node`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use e2e::install::{self, BridgeNames, Guard};
-use e2e::kubelet::{Kubelet, Podman, Runtime, Settings};
+use e2e::install::{self, BridgeNames};
+use e2e::node::{self, RealNode};
 use e2e::{Servers, records, run};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
 use sensor_fleet::simulate::{
@@ -33,22 +40,22 @@ use sensor_fleet::{Expected, MqttEndpoint};
 const BRIDGE: &str = "sensor-fleet";
 const LABEL: &str = "mqttkafka.io/bridge=sensor-fleet";
 const WAIT: &str = "--timeout=180s";
+const CONFIG_HASH: &str = "mqttkafka.io/config-hash";
+/// How long Kafka stays down under load.
+const KAFKA_OUTAGE: Duration = Duration::from_secs(90);
 
 /// Deletes what the test created, however it ends.
 struct Cleanup {
     servers: Servers,
     namespaces: Vec<String>,
     dir: PathBuf,
-    podman: Option<Podman>,
+    /// Private containers-storage of the image build (vfs: full copies).
+    storage: PathBuf,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Some(pm) = &self.podman {
-            // vfs layers are full copies: drop the private store.
-            let _ = e2e::output(pm.command().args(["rm", "--all", "--force"]), None);
-            let _ = std::fs::remove_dir_all(&pm.storage);
-        }
+        let _ = std::fs::remove_dir_all(&self.storage);
         for ns in &self.namespaces {
             let _ = e2e::output(
                 self.servers
@@ -184,31 +191,88 @@ async fn publish_with(
     panic!("fleet {prefix}: the broker never acknowledged every publish in 3 attempts");
 }
 
-/// Waits until both bridges run (with one of `hashes` as configuration)
-/// and the kubelet wrote their own Ready=True to their pods.
+/// The bridge's pods, oldest first.
+async fn bridge_pods(pods: &Api<Pod>) -> Vec<Pod> {
+    let mut list = pods
+        .list(&ListParams::default().labels(LABEL))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    list.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+    list
+}
+
+fn config_hash(p: &Pod) -> Option<String> {
+    p.metadata.annotations.as_ref()?.get(CONFIG_HASH).cloned()
+}
+
+fn uid(p: &Pod) -> String {
+    p.metadata.uid.clone().unwrap_or_default()
+}
+
+/// Waits until the bridge has exactly two pods, both Ready through the
+/// kubelet's probe of their `/readyz` (with one of `hashes` as
+/// configuration, none of `not_uids`); returns them and, per pod, how long
+/// after the call it was first seen Ready.
 async fn bridges_ready(
-    kubelet: &Kubelet,
+    pods: &Api<Pod>,
     hashes: Option<&[String]>,
+    not_uids: &[String],
     fail: &dyn Fn(&str) -> String,
-) {
+) -> (Vec<Pod>, Vec<Duration>) {
     let start = Instant::now();
+    let mut first_ready: std::collections::BTreeMap<String, Duration> = Default::default();
     loop {
-        let r = kubelet.running();
-        let ok = r.len() == 2
-            && r.iter().all(|c| {
-                c.reported == Some(true)
-                    && hashes.is_none_or(|h| c.config_hash.as_ref().is_some_and(|x| h.contains(x)))
+        let list = bridge_pods(pods).await;
+        for p in &list {
+            if node::bridge_container(p).is_some_and(|c| c.0) {
+                first_ready.entry(uid(p)).or_insert_with(|| start.elapsed());
+            }
+        }
+        let ok = list.len() == 2
+            && list.iter().all(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && !not_uids.contains(&uid(p))
+                    && node::bridge_container(p).is_some_and(|c| c.0)
+                    && hashes.is_none_or(|h| config_hash(p).is_some_and(|x| h.contains(&x)))
             });
         if ok {
-            return;
+            let times = list.iter().map(|p| first_ready[&uid(p)]).collect();
+            return (list, times);
         }
         assert!(
             start.elapsed() < Duration::from_secs(180),
             "{}",
-            fail(&format!("bridges not ready after 180 s: {r:?}"))
+            fail(&format!(
+                "bridge pods not ready after 180 s: {:?}",
+                list.iter()
+                    .map(|p| (p.metadata.name.clone(), node::bridge_container(p)))
+                    .collect::<Vec<_>>()
+            ))
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Restarts of the bridge containers of `pods`.
+fn restarts(pods: &[Pod]) -> Vec<i32> {
+    pods.iter()
+        .map(|p| node::bridge_container(p).map_or(-1, |c| c.1))
+        .collect()
+}
+
+/// Sets the `password` of Secret `name` (through stdin, never on a command line).
+fn set_password(s: &Servers, ns: &str, name: &str, password: &str) {
+    let manifest = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns},
+        "stringData": {"password": password},
+    });
+    run(
+        s.kubectl().args(["apply", "-f", "-"]),
+        Some(&manifest.to_string()),
+    )
+    .unwrap();
 }
 
 /// `sensors` sensors at 5 Hz for `secs` produced straight to the Kafka
@@ -239,82 +303,90 @@ fn expected_of(list: &[&Expected]) -> Expected {
     e
 }
 
+/// The name of the pod's volume of Secret `secret`.
+fn secret_volume(p: &Pod, secret: &str) -> String {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .and_then(|v| {
+            v.iter()
+                .find(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(secret))
+        })
+        .map(|v| v.name.clone())
+        .unwrap_or_else(|| panic!("pod has no volume of Secret {secret}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn from_kubectl_apply_to_sensor_data_and_back() {
     let t0 = Instant::now();
     let s = Servers::from_env().unwrap();
+    let real_node = RealNode::from_env().unwrap();
     let id = testenv::unique_name("e2e");
     let dir = std::env::temp_dir().join(&id);
     std::fs::create_dir_all(&dir).unwrap();
     let (op_ns, ns) = (format!("{id}-op"), format!("{id}-br"));
-    let mut cleanup = Cleanup {
+    let _cleanup = Cleanup {
         servers: s.clone(),
         namespaces: vec![ns.clone(), op_ns.clone()],
         dir: dir.clone(),
-        podman: None,
+        // Short: podman/buildah refuse a run root longer than 50 characters.
+        storage: std::env::temp_dir().join(format!("mkb-{}", std::process::id())),
     };
     let client = s.kube_client().await.unwrap();
 
-    // 1. The chart: CRD (already installed, shared), RBAC for the watched
-    //    namespace, ServiceAccount; the operator under that account's token.
-    // The bridge image with podman by default; E2E_RUNTIME=process runs the
-    // binary as a local process instead (no podman needed).
-    let podman = std::env::var("E2E_RUNTIME").map_or(true, |v| v != "process");
-    let image = "localhost/mqtt-kafka-bridge:e2e";
-    let runtime = if podman {
-        let pm =
-            Podman::new(&std::env::temp_dir().join(format!("mkb-{}", std::process::id()))).unwrap();
-        cleanup.podman = Some(pm.clone());
-        step(t0, "building the bridge image (podman runtime)");
-        run(
-            std::process::Command::new(testenv::var("TESTENV_CTL"))
-                .args(["images", "--tag", "e2e", "--bin-dir"])
-                .arg(cargo_bin("bridge-runtime").parent().unwrap())
-                .args(pm.root_args()),
-            None,
-        )
-        .unwrap();
-        Runtime::Podman(pm)
-    } else {
-        Runtime::Process {
-            binary: cargo_bin("bridge-runtime"),
-        }
-    };
-    install::create_namespace(&s, &ns).unwrap();
-    let release = "mko";
-    install::helm_install(&s, &dir.join("helm"), release, &op_ns, &ns, image).unwrap();
-    let kubeconfig = dir.join("operator.kubeconfig");
-    install::token_kubeconfig(&s, release, &op_ns, "30m", &kubeconfig).unwrap();
-    let op_http: std::net::SocketAddr = ([127, 0, 0, 1], e2e::free_port().unwrap()).into();
-    let operator_log = dir.join("operator.log");
-    let _operator = Guard(Some(
-        install::start_operator(
-            &cargo_bin("operator"),
-            &kubeconfig,
-            &ns,
-            image,
-            op_http,
-            &operator_log,
-        )
-        .unwrap(),
-    ));
+    // 1. The bridge image into the node's containerd; the chart: CRD
+    //    (already installed, shared), RBAC for the watched namespace,
+    //    ServiceAccount; the operator under that account's token.
+    let started = Instant::now();
+    node::build_images(
+        "e2e",
+        cargo_bin("bridge-runtime").parent().unwrap(),
+        &std::env::temp_dir().join(format!("mkb-{}", std::process::id())),
+    )
+    .unwrap();
     step(
         t0,
-        "operator installed with the chart and running under its ServiceAccount",
+        &format!(
+            "images built and imported into the node's containerd in {:.0} s",
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    install::create_namespace(&s, &ns).unwrap();
+    let started = Instant::now();
+    install::helm_install_on_node(
+        &s,
+        &dir.join("helm"),
+        "mko",
+        &op_ns,
+        &ns,
+        "e2e",
+        &real_node,
+        e2e::free_port().unwrap(),
+    )
+    .unwrap();
+    step(
+        t0,
+        &format!(
+            "operator installed with the chart, its pod Ready on the real node after {:.1} s (helm --wait)",
+            started.elapsed().as_secs_f64()
+        ),
     );
 
-    // 2. Topic, Secrets, the example bridge.
+    // 2. Topic, Secrets, the example bridge on the real node.
     let kafka_topic = format!("sensor_data.{id}");
     sensor_fleet::conn::create_topic(&s.kafka(), &kafka_topic, 10)
         .await
         .unwrap();
     install::create_secrets(&s, &ns).unwrap();
     let root = format!("{id}/");
+    let http_port = node::free_port_range(2).unwrap();
     let names = BridgeNames {
         name: BRIDGE.into(),
         mqtt_root: root.clone(),
         kafka_topic: kafka_topic.clone(),
         client_prefix: id.clone(),
+        http_port,
+        pod_template: real_node.bridge_pod_template(),
     };
     let manifest = install::sensor_fleet_bridge(&s, &names).unwrap();
     run(
@@ -323,8 +395,9 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
     )
     .unwrap();
 
-    // 3. The operator's Deployments; their pods run as the template says.
+    // 3. The operator's Deployments; the kubelet runs their pods.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let deps = wait_until(
         "the operator creates 2 slot Deployments",
         Duration::from_secs(120),
@@ -340,50 +413,54 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
     let template = &deps[0].spec.as_ref().unwrap().template;
     let container = &template.spec.as_ref().unwrap().containers[0];
     assert_eq!(container.args.as_deref(), Some(&["run".to_string()][..]));
-    step(t0, "2 Deployments created; starting their pods");
-    let kubelet = Kubelet::start(
-        client.clone(),
-        Settings {
-            namespace: ns.clone(),
-            selector: LABEL.into(),
-            exclusive_label: Some("mqttkafka.io/slot".into()),
-            runtime,
-            work_dir: dir.join("pods"),
-            period: Duration::from_secs(1),
-        },
-    );
+    step(t0, "2 Deployments created; the kubelet starts their pods");
     let fail = |what: &str| -> String {
-        let logs: String = std::fs::read_dir(dir.join("pods"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-            .map(|e| {
-                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                format!(
-                    "--- {}\n{}\n",
-                    e.path().display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                )
-            })
-            .collect();
-        format!(
-            "{what}\n{logs}--- operator\n{}",
-            std::fs::read_to_string(&operator_log)
-                .unwrap_or_default()
-                .lines()
-                .rev()
-                .take(15)
-                .collect::<Vec<_>>()
-                .join("\n")
+        let logs = e2e::output(
+            s.kubectl()
+                .args(["logs", "-n", &ns, "-l", LABEL, "--tail=15", "--prefix"]),
+            None,
         )
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+        let describe = e2e::output(
+            s.kubectl()
+                .args(["get", "pods", "-n", &ns, "-l", LABEL, "-o", "wide"]),
+            None,
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+        let operator = e2e::output(
+            s.kubectl().args([
+                "logs",
+                "-n",
+                &op_ns,
+                "-l",
+                "app.kubernetes.io/name=mqtt-kafka-operator",
+                "--tail=15",
+            ]),
+            None,
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+        format!("{what}\n--- pods\n{describe}--- bridge logs\n{logs}\n--- operator\n{operator}")
     };
 
-    // 5. kubectl wait: both pods ready (from the bridges' /readyz) → Ready.
-    // kwok marks new pods Ready at once, so first wait until our kubelet has
-    // written the bridges' own readiness.
-    bridges_ready(&kubelet, None, &fail).await;
+    // 5. kubectl wait: both pods ready (the kubelet's probe of /readyz) → Ready.
+    let (ready_pods, start_times) = bridges_ready(&pods, None, &[], &fail).await;
+    step(
+        t0,
+        &format!(
+            "both bridge pods Ready on node {}: Deployments seen → pod Ready in {:.1} s and {:.1} s",
+            real_node.name,
+            start_times[0].as_secs_f64(),
+            start_times[1].as_secs_f64()
+        ),
+    );
+    for p in &ready_pods {
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some(real_node.name.as_str()));
+        assert_eq!(spec.host_network, Some(true));
+    }
     if let Err(e) = run(
         s.kubectl().args([
             "wait",
@@ -397,16 +474,29 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
     ) {
         panic!("{}", fail(&format!("{e:#}")));
     }
-    let running = kubelet.running();
-    assert_eq!(running.len(), 2, "{running:?}");
-    assert!(running.iter().all(|r| r.ready == Some(true)), "{running:?}");
     step(
         t0,
-        "kubectl wait --for=condition=Ready succeeded: both bridges report /readyz ok",
+        "kubectl wait --for=condition=Ready succeeded: both bridges' /readyz pass the kubelet's probe",
+    );
+
+    // The pods run locked down: uid 65532, read-only root file system (as
+    // the kernel sees the container's process, not as the spec says).
+    for p in &ready_pods {
+        let (_, _, _, container_id) = node::bridge_container(p).unwrap();
+        let pid = real_node
+            .container_pid(&container_id.expect("a running container has an id"))
+            .unwrap();
+        let (uid, read_only_root) = node::process_identity(pid).unwrap();
+        assert_eq!(uid, 65532, "bridge process {pid} runs as uid {uid}");
+        assert!(read_only_root, "bridge process {pid}: / is writable");
+    }
+    step(
+        t0,
+        "both bridge processes run as uid 65532 on a read-only /",
     );
 
     // The way back, subscribed before anything is published.
-    let back_control = Control::new(Duration::from_secs(600), Duration::from_secs(600));
+    let back_control = Control::new(Duration::from_secs(900), Duration::from_secs(900));
     let mut sub = MqttSub::new(MqttEndpoint::plain(&s.mqtt_url), format!("{root}sensors/+"));
     sub.client_id_prefix = format!("{id}-back");
     let back = verify::mqtt(&sub, back_control.clone()).await.unwrap();
@@ -469,29 +559,37 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
         ),
     );
 
-    // 6. Kafka restarted mid-stream.
+    // 6. Kafka stopped for 90 s under load: the kubelet's liveness probe
+    //    holds (no restart), its readiness probe fails, the bridge says why;
+    //    then Ready again and nothing lost.
+    let publish_secs = KAFKA_OUTAGE.as_secs() + 20;
     let counters = Arc::new(SimCounters::default());
     let b_task = {
         let (s, root, counters) = (s.clone(), root.clone(), counters.clone());
-        tokio::spawn(async move { publish_with(&s, &root, "", "b", 200, 25, counters).await })
+        tokio::spawn(
+            async move { publish_with(&s, &root, "", "b", 100, publish_secs, counters).await },
+        )
     };
     wait_until("fleet b under way", Duration::from_secs(60), || async {
-        (counters.published.load(Ordering::Relaxed) > 2000).then_some(())
+        (counters.published.load(Ordering::Relaxed) > 1000).then_some(())
     })
     .await;
-    step(t0, "stopping Kafka mid-stream");
+    step(t0, "stopping Kafka under load for 90 s");
+    let before = bridge_pods(&pods).await;
+    let restarts_before = restarts(&before);
     tokio::task::spawn_blocking(|| testenv::control("stop", "kafka"))
         .await
         .unwrap();
-    let down_probe = wait_until(
-        "a bridge's /readyz says Kafka is down",
+    let stopped = Instant::now();
+    wait_until(
+        "a bridge pod turns NotReady (the kubelet's readiness probe)",
         Duration::from_secs(120),
         || async {
-            kubelet
-                .running()
-                .into_iter()
-                .find(|r| r.ready == Some(false) && r.probe.contains("kafka"))
-                .map(|r| r.probe)
+            bridge_pods(&pods)
+                .await
+                .iter()
+                .any(|p| node::bridge_container(p).is_some_and(|c| !c.0))
+                .then_some(())
         },
     )
     .await;
@@ -504,14 +602,44 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
     assert_eq!(reason, "ReplicasUnavailable", "{message}");
     step(
         t0,
-        &format!("while Kafka is down: /readyz `{down_probe}`; CR Ready=False {reason}: {message}"),
+        &format!(
+            "{:.0} s after Kafka stopped: pods NotReady; CR Ready=False {reason}: {message}",
+            stopped.elapsed().as_secs_f64()
+        ),
     );
+    // Hold the outage, watching the restart counts all along.
+    while stopped.elapsed() < KAFKA_OUTAGE {
+        let now = bridge_pods(&pods).await;
+        assert_eq!(
+            restarts(&now),
+            restarts_before,
+            "{}",
+            fail(&format!(
+                "a bridge container restarted {:.0} s into the Kafka outage (liveness probe /healthz failed?)",
+                stopped.elapsed().as_secs_f64()
+            ))
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     tokio::task::spawn_blocking(|| testenv::control("start", "kafka"))
         .await
         .unwrap();
-    step(t0, "Kafka started again");
+    step(
+        t0,
+        &format!(
+            "Kafka started again after {:.0} s; no bridge restart",
+            stopped.elapsed().as_secs_f64()
+        ),
+    );
     kubectl_wait_ready(&s, &ns);
-    step(t0, "CR Ready again");
+    let after = bridge_pods(&pods).await;
+    assert_eq!(
+        after.iter().map(uid).collect::<Vec<_>>(),
+        before.iter().map(uid).collect::<Vec<_>>(),
+        "the same pods before and after the outage"
+    );
+    assert_eq!(restarts(&after), restarts_before, "{}", fail("restarts"));
+    step(t0, "CR Ready again, same pods, restart counts unchanged");
     let b = b_task.await.unwrap();
     let ab = expected_of(&[&a.expected, &b.expected, &k]);
     let recs = records::read(
@@ -519,7 +647,7 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
         &kafka_topic,
         &ab,
         Duration::from_secs(1),
-        Duration::from_secs(180),
+        Duration::from_secs(240),
     )
     .await
     .unwrap();
@@ -527,23 +655,20 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
     assert_eq!(
         report.missing,
         0,
-        "nothing lost across the Kafka restart: {}",
+        "nothing lost across the 90 s Kafka outage: {}",
         fail(&report.summary())
     );
     assert!(recs.wrong_keys.is_empty());
     assert_eq!(recs.keys_on_several_partitions(), 0);
-    step(
-        t0,
-        &format!("Kafka after the restart: {}", report.summary()),
-    );
-    // The way back works again after the restart (its consumer group resumed):
+    step(t0, &format!("Kafka after the outage: {}", report.summary()));
+    // The way back works again after the outage (its consumer group resumed):
     // every reading that went into the topic, the fleets' and the other
     // producer's, comes back out on MQTT.
     let k2 = produce(&s, &kafka_topic, "k2", 100, 6).await;
     let back_expected = expected_of(&[&a.expected, &b.expected, &k, &k2]);
     wait_until(
-        "the way back after the restart",
-        Duration::from_secs(180),
+        "the way back after the outage",
+        Duration::from_secs(240),
         || async {
             (back_control.unique.load(Ordering::Relaxed) >= back_expected.total()).then_some(())
         },
@@ -557,12 +682,110 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
     step(
         t0,
         &format!(
-            "MQTT after the restart (fleets a and b and the Kafka producer): {}",
+            "MQTT after the outage (fleets a and b and the Kafka producer): {}",
             back_report.summary()
         ),
     );
 
-    // 7. A route change rolls the pods; the new route carries data, the old one stops.
+    // 7. A wrong password in the Secret: the operator rolls the pods onto it
+    //    (the kubelet projects the new value), Kafka refuses it, and the
+    //    pod's termination message — written by the bridge, read by the
+    //    kubelet — reaches the bridge's status. Never the password itself.
+    let good_uids: Vec<String> = after.iter().map(uid).collect();
+    let wrong = format!("wrong-{}", testenv::unique_name("pw"));
+    set_password(&s, &ns, install::KAFKA_SECRET, &wrong);
+    let (_, reason, message, _) = wait_until(
+        "the CR says BridgeFailing with the pod's termination message",
+        Duration::from_secs(180),
+        || async {
+            // (While Recreate stops the old pods, their clean exit shows for
+            // a moment as `BridgeFailing: pod …: Completed`.)
+            ready_condition(&s, &ns)
+                .filter(|c| c.1 == "BridgeFailing" && c.2.contains("KafkaAuthentication"))
+        },
+    )
+    .await;
+    assert!(!message.contains(&wrong), "the status shows the password");
+    let failing = bridge_pods(&pods).await;
+    // `pod <name>: <termination message>`: that pod's own, as the kubelet read it.
+    let named = message
+        .strip_prefix("pod ")
+        .and_then(|m| m.split_once(": "))
+        .map(|(name, _)| name.to_owned())
+        .unwrap_or_else(|| panic!("the status names no pod: {message}"));
+    let failing_pod = failing
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(named.as_str()))
+        .unwrap_or_else(|| panic!("{}", fail(&format!("no pod {named}"))));
+    assert!(!good_uids.contains(&uid(failing_pod)), "a new pod fails");
+    let termination = node::bridge_container(failing_pod)
+        .and_then(|c| c.2)
+        .unwrap_or_else(|| {
+            panic!(
+                "{}",
+                fail(&format!("pod {named} has no termination message"))
+            )
+        });
+    assert!(
+        termination.starts_with("KafkaAuthentication"),
+        "termination message: {termination}"
+    );
+    // Each restart writes it anew, with its own timing (`… (after 385ms in
+    // state AUTH_REQ)`): compare what comes before.
+    let stable = |m: &str| m.split(" (after ").next().unwrap_or(m).trim().to_owned();
+    assert_eq!(
+        stable(&message),
+        stable(&format!("pod {named}: {termination}")),
+        "the status carries the pod's own termination message"
+    );
+    let projected = real_node.secret_volume_file(
+        &uid(failing_pod),
+        &secret_volume(failing_pod, install::KAFKA_SECRET),
+        "password",
+    );
+    assert_eq!(
+        std::fs::read_to_string(&projected).unwrap(),
+        wrong,
+        "{} holds the new value",
+        projected.display()
+    );
+    step(
+        t0,
+        &format!("wrong Kafka password: CR Ready=False {reason}: {message}"),
+    );
+
+    // 8. The Secret rotated back: a new rollout, the kubelet projects the
+    //    rotated value into the new pods, and they connect with it.
+    set_password(&s, &ns, install::KAFKA_SECRET, &s.kafka_scram_password);
+    let failing_uids: Vec<String> = failing.iter().map(uid).collect();
+    let started = Instant::now();
+    let (rotated, times) = bridges_ready(&pods, None, &failing_uids, &fail).await;
+    kubectl_wait_ready(&s, &ns);
+    for p in &rotated {
+        let file = real_node.secret_volume_file(
+            &uid(p),
+            &secret_volume(p, install::KAFKA_SECRET),
+            "password",
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            s.kafka_scram_password,
+            "{} holds the rotated value",
+            file.display()
+        );
+        assert_eq!(node::bridge_container(p).map(|c| c.1), Some(0));
+    }
+    step(
+        t0,
+        &format!(
+            "Secret rotated back: new pods Ready with the projected value after {:.1} s (pods Ready {:.1} s, {:.1} s)",
+            started.elapsed().as_secs_f64(),
+            times[0].as_secs_f64(),
+            times[1].as_secs_f64()
+        ),
+    );
+
+    // 9. A route change rolls the pods; the new route carries data, the old one stops.
     let hashes = |ds: &[Deployment]| -> Vec<String> {
         ds.iter()
             .map(|d| {
@@ -575,7 +798,7 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
                     .unwrap()
                     .annotations
                     .as_ref()
-                    .unwrap()["mqttkafka.io/config-hash"]
+                    .unwrap()[CONFIG_HASH]
                     .clone()
             })
             .collect()
@@ -609,15 +832,35 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
         },
     )
     .await;
-    bridges_ready(&kubelet, Some(&new_hashes), &fail).await;
+    let (rolled, _) = bridges_ready(&pods, Some(&new_hashes), &[], &fail).await;
     kubectl_wait_ready(&s, &ns);
-    let rs = run(
-        s.kubectl()
-            .args(["get", "rs", "-n", &ns, "-l", LABEL, "-o", "name"]),
-        None,
-    )
-    .unwrap();
-    assert_eq!(rs.lines().count(), 4, "a new ReplicaSet per slot: {rs}");
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
+    let active: Vec<String> = replica_sets
+        .list(&ListParams::default().labels(LABEL))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|rs| rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) > 0)
+        .filter_map(|rs| {
+            rs.spec
+                .as_ref()?
+                .template
+                .as_ref()?
+                .metadata
+                .as_ref()?
+                .annotations
+                .as_ref()?
+                .get(CONFIG_HASH)
+                .cloned()
+        })
+        .collect();
+    assert_eq!(
+        active.len(),
+        2,
+        "one active ReplicaSet per slot: {active:?}"
+    );
+    assert!(active.iter().all(|h| new_hashes.contains(h)), "{active:?}");
     step(t0, "route changed: pods rolled to the new configuration");
     let (c, d) = tokio::join!(
         publish(&s, &root, "v2/", "c", 100, 6),
@@ -654,14 +897,18 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
         ),
     );
 
-    // 8. Deleting the CR deletes what it created.
+    // 10. Deleting the CR deletes what it created, and the kubelet stops the containers.
+    let container_ids: Vec<String> = rolled
+        .iter()
+        .filter_map(|p| node::bridge_container(p).and_then(|c| c.3))
+        .collect();
     run(
         s.kubectl().args(["delete", "mkb", BRIDGE, "-n", &ns, WAIT]),
         None,
     )
     .unwrap();
     wait_until(
-        "garbage collection of the bridge's children",
+        "garbage collection of the bridge's children and their pods",
         Duration::from_secs(120),
         || async {
             let left = run(
@@ -682,16 +929,15 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
         },
     )
     .await;
-    wait_until(
-        "the bridges stopped with their pods",
-        Duration::from_secs(60),
-        || async { kubelet.running().is_empty().then_some(()) },
-    )
-    .await;
+    for id in &container_ids {
+        assert!(
+            real_node.container_pid(id).is_err(),
+            "container {id} still runs after its pod was deleted"
+        );
+    }
     step(
         t0,
-        "CR deleted: Deployments, ReplicaSets, pods, ConfigMap and Service gone",
+        "CR deleted: Deployments, ReplicaSets, pods, ConfigMap and Service gone, containers stopped",
     );
-    kubelet.shutdown().await;
     step(t0, "done");
 }

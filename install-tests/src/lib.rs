@@ -170,6 +170,21 @@ impl TempNamespace {
     }
 }
 
+impl TempNamespace {
+    /// A fresh namespace for pods on the test environment's real node: they
+    /// use the host network (the node has no pod network), which only the
+    /// "privileged" Pod Security level admits.
+    pub fn for_real_node(prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        let manifest = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
+             pod-security.kubernetes.io/enforce: privileged\n"
+        );
+        run_ok(kubectl().args(["apply", "-f", "-"]), Some(&manifest));
+        Self { name }
+    }
+}
+
 impl Drop for TempNamespace {
     fn drop(&mut self) {
         let _ = output(
@@ -307,4 +322,54 @@ pub fn plain_manifests() -> Vec<(&'static str, String)> {
             ),
         ),
     ]
+}
+
+/// `deploy/examples/current-sensor.yaml` pointed at the test servers with
+/// unique names, its pod on the real node. The route's Kafka topic is a
+/// template, so readiness needs no topic created first.
+pub fn current_sensor_on_the_real_node(id: &str, http_port: u16) -> String {
+    let example =
+        std::fs::read_to_string(workspace().join("deploy/examples/current-sensor.yaml")).unwrap();
+    let mut v: serde_yaml::Value = serde_yaml::from_str(&example).unwrap();
+    v["spec"]["mqtt"]["url"] = var("MQTT_URL").into();
+    v["spec"]["mqtt"]["clientIdPrefix"] = id.into();
+    v["spec"]["kafka"]["bootstrapServers"] = var("KAFKA_BOOTSTRAP").into();
+    let route = &mut v["spec"]["routes"][0]["mqttToKafka"];
+    route["mqttTopicFilter"] = format!("{id}/+").into();
+    route["kafkaTopic"] = format!("{id}.{{1}}").into();
+    let extra: serde_yaml::Value = serde_json::from_value(serde_json::json!({
+        "http": {"port": http_port},
+        "template": {"pod": {
+            "hostNetwork": true,
+            "nodeSelector": {"kubernetes.io/hostname": var("REAL_NODE")},
+            "tolerations": [{"key": var("REAL_NODE_TAINT"), "operator": "Exists", "effect": "NoSchedule"}],
+        }},
+    }))
+    .unwrap();
+    if let (Some(spec), serde_yaml::Value::Mapping(extra)) = (v["spec"].as_mapping_mut(), extra) {
+        spec.extend(extra);
+    }
+    serde_yaml::to_string(&v).unwrap()
+}
+
+/// Builds both images from the test binaries with `cargo xtask images`
+/// (tag `tag`, a private store under `storage`), which imports them into the
+/// real node's containerd.
+pub fn images_into_the_real_node(tag: &str, storage: &Path) {
+    run_ok(
+        Command::new(var("TESTENV_CTL"))
+            .args(["images", "--tag", tag, "--bin-dir"])
+            .arg(cargo_bin_dir())
+            .arg("--root")
+            .arg(storage.join("root"))
+            .arg("--runroot")
+            .arg(storage.join("runroot")),
+        None,
+    );
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local address").port()
 }

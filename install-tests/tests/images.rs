@@ -110,7 +110,7 @@ fn images_start_and_run_as_non_root_without_a_shell() {
         &std::fs::read_to_string(workspace().join("deploy/examples/current-sensor.yaml")).unwrap(),
     )
     .unwrap();
-    let config = operator::build::config::bridge_config(&example.spec);
+    let config = operator::build::config::bridge_config(&example.spec, 0);
     let dir = storage.dir.join("config");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(

@@ -1,6 +1,10 @@
 //! The operator binary, authenticated with a token of the chart's
-//! ServiceAccount (not admin), reconciles an example bridge to Ready; what the
-//! chart's RBAC does not grant (writing a Secret) is denied.
+//! ServiceAccount (not admin), reconciles an example bridge to Ready — its pod
+//! running on the test environment's real node from the bridge image, Ready
+//! through the kubelet's probe; what the chart's RBAC does not grant (writing
+//! a Secret) is denied. The operator is a local process here, so that the
+//! test can use the very same token for `kubectl` and show what it may not
+//! do; `operator_pod.rs` runs it as a pod of the chart.
 
 use std::process::{Child, Command, Stdio};
 
@@ -51,7 +55,11 @@ fn token_kubeconfig(token: &str, path: &std::path::Path) {
 
 #[test]
 fn operator_with_the_chart_service_account_reconciles_a_bridge() {
-    let ns = TempNamespace::new("sa-token");
+    let ns = TempNamespace::for_real_node("sa-token");
+    // The bridge image from the test binaries, imported into the node's
+    // containerd (a private store: vfs layers are full copies).
+    let storage = TempDir(std::env::temp_dir().join(format!("mkb-it-{}", std::process::id())));
+    images_into_the_real_node("install-test", &storage.0);
     let release = unique_name("mko");
     let sa = format!("{release}-mqtt-kafka-operator");
     // The chart's defaults (ClusterRole), with no in-cluster replica: the
@@ -96,7 +104,7 @@ fn operator_with_the_chart_service_account_reconciles_a_bridge() {
     let _operator = Running(
         Command::new(cargo_bin("operator"))
             .args([
-                "--bridge-image=localhost/mqtt-kafka-bridge:test",
+                "--bridge-image=localhost/mqtt-kafka-bridge:install-test",
                 "--http-address=127.0.0.1:0",
                 "--log-format=text",
                 &format!("--namespace={}", ns.name),
@@ -110,11 +118,10 @@ fn operator_with_the_chart_service_account_reconciles_a_bridge() {
             .expect("start the operator"),
     );
 
-    let example =
-        std::fs::read_to_string(workspace().join("deploy/examples/current-sensor.yaml")).unwrap();
+    let bridge = current_sensor_on_the_real_node(&ns.name, free_port());
     run_ok(
         kubectl().args(["apply", "-n", &ns.name, "-f", "-"]),
-        Some(&example),
+        Some(&bridge),
     );
     let ready = output(
         kubectl().args([
@@ -134,6 +141,24 @@ fn operator_with_the_chart_service_account_reconciles_a_bridge() {
         std::fs::read_to_string(&log_path).unwrap_or_default()
     );
     assert!(get("deployment", Some(&ns.name), "current-sensor-0").is_some());
+    let pods = run_ok(
+        kubectl().args([
+            "get",
+            "pods",
+            "-n",
+            &ns.name,
+            "-l",
+            "mqttkafka.io/bridge=current-sensor",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName} {.status.containerStatuses[0].ready}{\"\\n\"}{end}",
+        ]),
+        None,
+    );
+    assert_eq!(
+        pods.trim(),
+        format!("{} true", var("REAL_NODE")),
+        "the bridge pod runs on the real node"
+    );
 
     // What the role does not grant is refused to the same credentials.
     let denied = run_err(

@@ -130,6 +130,32 @@ async fn invalid_manifests_are_rejected_naming_the_field() {
             "spec.routes[1]",
         ),
         (
+            "hostNetwork with dnsPolicy ClusterFirst",
+            |v| {
+                v["spec"]["template"] =
+                    json!({"pod": {"hostNetwork": true, "dnsPolicy": "ClusterFirst"}})
+            },
+            "spec.template.pod",
+        ),
+        (
+            "dnsPolicy ClusterFirstWithHostNet without hostNetwork",
+            |v| v["spec"]["template"] = json!({"pod": {"dnsPolicy": "ClusterFirstWithHostNet"}}),
+            "only applies with hostNetwork",
+        ),
+        (
+            "a label of the operator's",
+            |v| {
+                v["spec"]["template"] =
+                    json!({"pod": {"metadata": {"labels": {"mqttkafka.io/bridge": "other"}}}})
+            },
+            "spec.template.pod.metadata",
+        ),
+        (
+            "HTTP port out of range",
+            |v| v["spec"]["http"] = json!({"port": 70000}),
+            "spec.http.port",
+        ),
+        (
             "negative replicas",
             |v| v["spec"]["replicas"] = json!(-1),
             "spec.replicas",

@@ -539,7 +539,7 @@ async fn ready_follows_the_deployment() {
     // No node matches: the pod stays Pending, the Deployment unavailable.
     let unschedulable = CURRENT.replace(
         "  routes:",
-        "  template:\n    nodeSelector:\n      no-such-node: \"true\"\n  routes:",
+        "  template:\n    pod:\n      nodeSelector:\n        no-such-node: \"true\"\n  routes:",
     );
     apply_bridge(&client, &ns, &unschedulable).await;
     wait_ready(&client, &ns, name, "False", "ReplicasUnavailable").await;

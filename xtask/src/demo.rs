@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{paths, prereq, testenv, toolchain};
+use crate::{images, paths, prereq, testenv, toolchain};
 
 pub fn run(args: &[String]) -> Result<()> {
     let started = Instant::now();
@@ -38,8 +38,9 @@ pub fn run(args: &[String]) -> Result<()> {
     toolchain::ensure_helm()?;
     step(
         2,
-        "test environment: Kubernetes control plane + kwok node, Kafka, Mosquitto \
-         (the first time builds Kubernetes from source: 10-20 minutes on 2 cores)",
+        "test environment: Kubernetes control plane, kwok node and a real node \
+         (kubelet + containerd), Kafka, Mosquitto (the first time builds Kubernetes \
+         from source: 10-20 minutes on 2 cores)",
     );
     let state = {
         let _tick = Ticker::start("test environment");
@@ -52,11 +53,16 @@ pub fn run(args: &[String]) -> Result<()> {
 
     step(
         3,
-        "cargo build --release -p bridge-runtime -p operator -p e2e (a few minutes the first time)",
+        "cargo build --release -p bridge-runtime -p operator -p e2e (a few minutes the first time), \
+         and the images (tag demo) into the real node's containerd",
     );
     paths::cargo_build_release(&["bridge-runtime", "operator", "e2e"])?;
+    images::build_from(workspace.join("target/release"), "demo")?;
 
-    step(4, "operator, sample bridge, bridge pods and sensor fleet");
+    step(
+        4,
+        "operator, sample bridge (its pods on the real node) and sensor fleet",
+    );
     demo(&demo_bin, "up", rest, &dir, &state)?;
     step(5, "the flow, live for 60 s");
     demo(

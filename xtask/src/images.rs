@@ -3,14 +3,16 @@
 //! shared libraries `ldd` lists, CA certificates and a non-root user.
 //!
 //! The build context is prepared here (`target/images/<image>/rootfs/`) and
-//! the crate's `Containerfile` copies it in.
+//! the crate's `Containerfile` copies it in. When the test environment's real
+//! node runs, both images are also imported into its containerd (namespace
+//! `k8s.io`), so pods on that node run them without a registry.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::paths;
+use crate::{paths, testenv};
 
 /// The images: (image name, crate directory, binary).
 pub const IMAGES: &[(&str, &str, &str)] = &[
@@ -39,6 +41,17 @@ pub struct Options {
     runroot: Option<PathBuf>,
 }
 
+/// Builds both images from the binaries in `bin_dir` into the system store
+/// and imports them into the test node's containerd (the demo's images).
+pub fn build_from(bin_dir: PathBuf, tag: &str) -> Result<()> {
+    run(&Options {
+        bin_dir: Some(bin_dir),
+        tag: Some(tag.into()),
+        root: None,
+        runroot: None,
+    })
+}
+
 pub fn run(opts: &Options) -> Result<()> {
     let workspace = paths::workspace();
     let bin_dir = match &opts.bin_dir {
@@ -53,6 +66,7 @@ pub fn run(opts: &Options) -> Result<()> {
         .tag
         .clone()
         .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
+    let node = running_node()?;
     for (image, krate, binary) in IMAGES {
         let started = std::time::Instant::now();
         let context = workspace.join("target/images").join(image);
@@ -75,8 +89,48 @@ pub fn run(opts: &Options) -> Result<()> {
             "xtask: built {name} in {:.0}s",
             started.elapsed().as_secs_f64()
         );
+        if let Some(ctr) = &node {
+            let started = std::time::Instant::now();
+            let archive = context.join("image.tar");
+            let _ = std::fs::remove_file(&archive);
+            let mut push = Command::new("buildah");
+            push.args(["--storage-driver", "vfs"]);
+            if let Some(root) = &opts.root {
+                push.arg("--root").arg(root);
+            }
+            if let Some(runroot) = &opts.runroot {
+                push.arg("--runroot").arg(runroot);
+            }
+            push.args(["push", "--quiet", &name])
+                .arg(format!("docker-archive:{}:{name}", archive.display()));
+            run_cmd(&mut push, &format!("buildah push of {name}"))?;
+            testenv::node::import_image(ctr, &testenv::node::containerd_socket(), &archive)?;
+            let _ = std::fs::remove_file(&archive);
+            eprintln!(
+                "xtask: imported {name} into the test node's containerd in {:.0}s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    if node.is_none() {
+        eprintln!(
+            "xtask: the test environment's node is not up, so the images were not imported \
+             into its containerd (`cargo xtask testenv up`, then `cargo xtask images` again)"
+        );
     }
     Ok(())
+}
+
+/// `ctr` of the test environment's containerd, if it runs.
+fn running_node() -> Result<Option<PathBuf>> {
+    let Some(state) = testenv::load(&paths::state_dir())? else {
+        return Ok(None);
+    };
+    let runs = state
+        .servers
+        .iter()
+        .any(|s| s.name == "containerd" && s.is_running());
+    Ok(state.vars.get("CTR").filter(|_| runs).map(PathBuf::from))
 }
 
 /// `<context>/rootfs`: the binary (without debug info), its shared

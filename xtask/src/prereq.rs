@@ -12,6 +12,8 @@ use anyhow::{Context, Result, bail};
 /// - maven, openjdk-17-jre-headless: fetch and run Apache Kafka.
 /// - buildah, podman, runc: build and run the container images (image tests);
 ///   binutils (objcopy) strips debug info from the binaries in them; ca-certificates goes into them.
+/// - containerd, containernetworking-plugins (the loopback CNI plugin): the
+///   container runtime of the real test node; gcc, libc6-dev: its pause program.
 const DEBIAN_PACKAGES: &[&str] = &[
     "mosquitto",
     "mosquitto-clients",
@@ -28,6 +30,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "runc",
     "binutils",
     "ca-certificates",
+    "containerd",
+    "containernetworking-plugins",
+    "gcc",
+    "libc6-dev",
 ];
 
 /// Installs missing Debian packages and checks the toolchains that do not come

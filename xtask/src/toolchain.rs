@@ -31,6 +31,12 @@ pub struct Toolchain {
     pub java: PathBuf,
     pub mosquitto: PathBuf,
     pub mosquitto_passwd: PathBuf,
+    /// The real node: kubelet (built like the control plane), containerd
+    /// and its `ctr` client (Debian), and the pause image as an archive.
+    pub kubelet: PathBuf,
+    pub containerd: PathBuf,
+    pub ctr: PathBuf,
+    pub pause_archive: PathBuf,
 }
 
 impl Toolchain {
@@ -42,6 +48,8 @@ impl Toolchain {
         let kafka_libs = ensure_maven_classpath("kafka", "libs", "Apache Kafka")?;
         // Fetched with the servers, so `testenv kafka-acl` never downloads mid-test.
         ensure_kafka_tools()?;
+        let kubelet = ensure_kubelet()?;
+        let pause_archive = ensure_pause_image()?;
         Ok(Self {
             etcd: etcd_bin_vendored::etcd_bin_path()
                 .map_err(|e| anyhow::anyhow!("etcd-bin-vendored: {e:?}"))?
@@ -55,6 +63,10 @@ impl Toolchain {
             java: which("java", "openjdk-17-jre-headless")?,
             mosquitto: which_in("mosquitto", &["/usr/sbin"], "mosquitto")?,
             mosquitto_passwd: which("mosquitto_passwd", "mosquitto")?,
+            kubelet,
+            containerd: which("containerd", "containerd")?,
+            ctr: which("ctr", "containerd")?,
+            pause_archive,
         })
     }
 }
@@ -79,6 +91,36 @@ fn ensure_kubernetes() -> Result<PathBuf> {
     if KUBERNETES_COMMANDS.iter().all(|c| bin.join(c).exists()) {
         return Ok(bin);
     }
+    eprintln!(
+        "xtask: building Kubernetes {KUBERNETES_VERSION} ({}) from the Go module proxy; first time only, about 10-20 minutes on 2 cores…",
+        KUBERNETES_COMMANDS.join(", ")
+    );
+    go_build_kubernetes(KUBERNETES_COMMANDS, &bin)?;
+    Ok(bin)
+}
+
+/// The kubelet of the real test node, from the same Go module and version
+/// as the control plane. Cached in its own directory so that adding it did
+/// not invalidate the control plane's cache (about a minute with the Go
+/// build cache warm from the control plane).
+fn ensure_kubelet() -> Result<PathBuf> {
+    let bin = paths::cache()
+        .join("kubelet")
+        .join(KUBERNETES_VERSION)
+        .join("bin");
+    let kubelet = bin.join("kubelet");
+    if kubelet.exists() {
+        return Ok(kubelet);
+    }
+    eprintln!(
+        "xtask: building kubelet {KUBERNETES_VERSION} from the Go module proxy; first time only, about a minute…"
+    );
+    go_build_kubernetes(&["kubelet"], &bin)?;
+    Ok(kubelet)
+}
+
+/// `go build` of `k8s.io/kubernetes/cmd/<command>` into `bin` (replaced whole).
+fn go_build_kubernetes(commands: &[&str], bin: &Path) -> Result<()> {
     let module = paths::workspace().join("xtask/go/kubernetes");
     let tmp = bin.with_extension("partial");
     std::fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
@@ -94,24 +136,92 @@ fn ensure_kubernetes() -> Result<PathBuf> {
             " -X {pkg}.gitVersion={version} -X {pkg}.gitMajor=1 -X {pkg}.gitMinor={minor} -X {pkg}.gitTreeState=clean"
         ));
     }
-    eprintln!(
-        "xtask: building Kubernetes {version} ({}) from the Go module proxy; first time only, about 10-20 minutes on 2 cores…",
-        KUBERNETES_COMMANDS.join(", ")
-    );
     let mut cmd = Command::new("go");
     cmd.current_dir(&module)
         .args(["build", "-trimpath", "-ldflags", &ldflags, "-o"])
         .arg(&tmp)
         .args(
-            KUBERNETES_COMMANDS
+            commands
                 .iter()
                 .map(|c| format!("k8s.io/kubernetes/cmd/{c}")),
         )
         .env("GOFLAGS", "-mod=mod")
         .env("CGO_ENABLED", "0");
-    run(&mut cmd, "go build of the Kubernetes binaries")?;
-    replace_dir(&tmp, &bin)?;
-    Ok(bin)
+    run(&mut cmd, &format!("go build of {}", commands.join(", ")))?;
+    replace_dir(&tmp, bin)
+}
+
+/// Name of the pause image containerd runs as each pod's sandbox.
+pub const PAUSE_IMAGE: &str = "localhost/mkb-pause:1";
+
+/// The pause image (`xtask/pause/`: a static C program that sleeps, reaps
+/// children and exits on SIGTERM) as a docker-archive for `ctr images
+/// import`. No registry is reachable, so it is built here: `gcc -static`,
+/// then `FROM scratch` with buildah. Cached; the marker holds the sources it
+/// was built from, so a changed source rebuilds it.
+fn ensure_pause_image() -> Result<PathBuf> {
+    let src_dir = paths::workspace().join("xtask/pause");
+    let source = std::fs::read_to_string(src_dir.join("pause.c"))
+        .with_context(|| format!("read {}", src_dir.join("pause.c").display()))?;
+    let dir = paths::cache().join("pause");
+    let archive = dir.join("pause.tar");
+    let marker = dir.join(".complete");
+    let want = format!("{PAUSE_IMAGE}\n{source}");
+    if archive.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m == want) {
+        return Ok(archive);
+    }
+    eprintln!("xtask: building the pause image {PAUSE_IMAGE} (gcc -static, buildah)…");
+    let tmp = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    run(
+        Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(tmp.join("pause"))
+            .arg(src_dir.join("pause.c")),
+        "gcc -static of the pause program (Debian packages gcc, libc6-dev)",
+    )?;
+    std::fs::write(
+        tmp.join("Containerfile"),
+        "FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT [\"/pause\"]\n",
+    )?;
+    // A private store: nothing is left in the system's containers-storage.
+    let store = tmp.join("store");
+    let buildah = |args: &[&str]| {
+        let mut cmd = Command::new("buildah");
+        cmd.args(["--storage-driver", "vfs", "--root"])
+            .arg(store.join("root"))
+            .arg("--runroot")
+            .arg(store.join("runroot"))
+            .args(args);
+        cmd
+    };
+    let context = tmp.display().to_string();
+    run(
+        &mut buildah(&[
+            "bud",
+            "--quiet",
+            "--isolation",
+            "chroot",
+            "--layers=false",
+            "--tag",
+            PAUSE_IMAGE,
+            &context,
+        ]),
+        "buildah bud of the pause image",
+    )?;
+    let dest = format!(
+        "docker-archive:{}:{PAUSE_IMAGE}",
+        tmp.join("pause.tar").display()
+    );
+    run(
+        &mut buildah(&["push", "--quiet", PAUSE_IMAGE, &dest]),
+        "buildah push of the pause image",
+    )?;
+    let _ = std::fs::remove_dir_all(&store);
+    std::fs::write(tmp.join(".complete"), want)?;
+    replace_dir(&tmp, &dir)?;
+    Ok(archive)
 }
 
 fn ensure_kwok() -> Result<PathBuf> {

@@ -1,13 +1,14 @@
 //! `mkb-demo`: the quickstart behind `cargo xtask demo`, against the test
 //! environment (its variables in the environment).
 //!
-//! - `up`: installs the operator with the Helm chart (run as a local
-//!   process under the chart's ServiceAccount token: the kwok node runs no
-//!   containers), creates the topic, the Secrets and the sample bridge, and
+//! - `up`: installs the operator with the Helm chart — a pod on the test
+//!   environment's real node (kubelet + containerd) from the operator image
+//!   `cargo xtask demo` imported — creates the topic, the Secrets and the
+//!   sample bridge, whose pods run there too from the bridge image, and
 //!   starts the `agent` in the background.
-//! - `agent` (background): runs the bridge pods as their template says
-//!   (`e2e::kubelet`), the sensor fleet over MQTT, and counts what comes
-//!   back; writes `status.json` in the state directory.
+//! - `agent` (background): runs the sensor fleet over MQTT, counts what comes
+//!   back and reads the bridge pods' status; writes `status.json` in the
+//!   state directory.
 //! - `watch`: shows the flow live for a while.
 //! - `down`: stops the background processes it recorded and deletes what
 //!   `up` created (the test environment stays up).
@@ -20,8 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use e2e::install::{self, BridgeNames};
-use e2e::kubelet::{Kubelet, Runtime, Settings};
+use e2e::node::{self, RealNode};
 use e2e::{Servers, run};
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 const OPERATOR_NS: &str = "mkb-demo-system";
@@ -29,7 +31,8 @@ const BRIDGE_NS: &str = "mkb-demo";
 const RELEASE: &str = "mqtt-kafka-operator";
 const BRIDGE: &str = "sensor-fleet";
 const LABEL: &str = "mqttkafka.io/bridge=sensor-fleet";
-const IMAGE: &str = "localhost/mqtt-kafka-bridge:demo";
+/// Tag of the images `cargo xtask demo` imported into the real node.
+const IMAGE_TAG: &str = "demo";
 
 #[derive(Parser)]
 #[command(name = "mkb-demo", about = "The MQTT-Kafka bridge quickstart")]
@@ -72,11 +75,16 @@ struct UpArgs {
     /// example's `sensors/…` and `sensor_data`).
     #[arg(long, default_value = "")]
     prefix: String,
+    /// (internal, for `agent`) The bridge's `spec.http.port` that `up` chose.
+    #[arg(long, default_value_t = 0, hide = true)]
+    bridge_http_port: u16,
 }
 
 impl UpArgs {
-    fn names(&self) -> BridgeNames {
+    fn names(&self, http_port: u16, node: &RealNode) -> BridgeNames {
         BridgeNames {
+            http_port,
+            pod_template: node.bridge_pod_template(),
             name: BRIDGE.into(),
             mqtt_root: if self.prefix.is_empty() {
                 String::new()
@@ -125,36 +133,29 @@ async fn up(state: &Path, a: &UpArgs) -> Result<()> {
         say("a demo is already up; restarting it (`cargo xtask demo down` removes it)");
         down(state).await?;
     }
-    let names = a.names();
+    let real_node = RealNode::from_env()?;
+    let names = a.names(node::free_port_range(2)?, &real_node);
 
     say(&format!(
         "installing the operator with Helm (release {RELEASE}, namespace {OPERATOR_NS}, watching {BRIDGE_NS})"
     ));
     install::create_namespace(&s, BRIDGE_NS)?;
-    install::helm_install(
+    let op_port = e2e::free_port()?;
+    install::helm_install_on_node(
         &s,
         &state.join("helm"),
         RELEASE,
         OPERATOR_NS,
         BRIDGE_NS,
-        IMAGE,
+        IMAGE_TAG,
+        &real_node,
+        op_port,
     )?;
-    let kubeconfig = state.join("operator.kubeconfig");
-    install::token_kubeconfig(&s, RELEASE, OPERATOR_NS, "24h", &kubeconfig)?;
-    let op_http: std::net::SocketAddr = ([127, 0, 0, 1], e2e::free_port()?).into();
-    let operator = install::start_operator(
-        &bin_dir.join("operator"),
-        &kubeconfig,
-        BRIDGE_NS,
-        IMAGE,
-        op_http,
-        &state.join("operator.log"),
-    )?;
+    let op_http = format!("127.0.0.1:{op_port}");
     say(&format!(
-        "operator running (pid {}, ServiceAccount {}, log {})",
-        operator.id(),
+        "operator running as a pod on node {} (ServiceAccount {}; kubectl logs -n {OPERATOR_NS} deploy/{RELEASE})",
+        real_node.name,
         install::service_account(&s, RELEASE, OPERATOR_NS)?,
-        state.join("operator.log").display()
     ));
 
     say(&format!(
@@ -189,6 +190,7 @@ async fn up(state: &Path, a: &UpArgs) -> Result<()> {
         .args(["--sensors", &a.sensors.to_string()])
         .args(["--rate", &a.rate.to_string()])
         .args(["--prefix", &a.prefix])
+        .args(["--bridge-http-port", &names.http_port.to_string()])
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -197,19 +199,20 @@ async fn up(state: &Path, a: &UpArgs) -> Result<()> {
     std::fs::write(
         pids_file(state),
         serde_json::to_vec_pretty(&json!({
-            "operator": {"pid": operator.id(), "program": "operator"},
             "agent": {"pid": agent.id(), "program": "mkb-demo"},
-            "operator_http": op_http.to_string(),
+            "operator_http": op_http,
+            "bridge_http_port": names.http_port,
             "kafka_topic": names.kafka_topic,
             "mqtt_root": names.mqtt_root,
         }))?,
     )?;
     say(&format!(
-        "bridge pods and a fleet of {} sensors at {} Hz started (pid {}, log {})",
+        "a fleet of {} sensors at {} Hz started (pid {}, log {}); the bridge pods run on node {}",
         a.sensors,
         a.rate,
         agent.id(),
-        state.join("agent.log").display()
+        state.join("agent.log").display(),
+        real_node.name
     ));
     say(
         "waiting for the bridge to become Ready (kubectl wait --for=condition=Ready mkb/sensor-fleet)",
@@ -232,21 +235,10 @@ async fn up(state: &Path, a: &UpArgs) -> Result<()> {
 
 async fn agent(state: &Path, a: &UpArgs) -> Result<()> {
     let s = Servers::from_env()?;
-    let names = a.names();
+    let http_port = a.bridge_http_port;
+    let names = a.names(http_port, &RealNode::from_env()?);
     let client = s.kube_client().await?;
-    let kubelet = Kubelet::start(
-        client,
-        Settings {
-            namespace: BRIDGE_NS.into(),
-            selector: LABEL.into(),
-            exclusive_label: Some("mqttkafka.io/slot".into()),
-            runtime: Runtime::Process {
-                binary: a.bin_dir.join("bridge-runtime"),
-            },
-            work_dir: state.join("pods"),
-            period: Duration::from_secs(1),
-        },
-    );
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client, BRIDGE_NS);
 
     // The way back, counted (not accounted: the fleet runs for hours).
     let back = sensor_fleet::verify::Control::new(
@@ -317,12 +309,27 @@ async fn agent(state: &Path, a: &UpArgs) -> Result<()> {
                 .ok()
                 .flatten()
         };
-        let bridges: Vec<_> = kubelet
-            .running()
-            .into_iter()
-            .map(|r| {
-                json!({"pod": r.pod, "slot": r.slot, "http": r.http.to_string(),
-                       "ready": r.ready, "probe": r.probe, "log": r.log})
+        let bridges: Vec<_> = pods
+            .list(&kube::api::ListParams::default().labels(LABEL))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                let slot = p
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("mqttkafka.io/slot"))
+                    .cloned()
+                    .unwrap_or_default();
+                let port = u32::from(http_port) + slot.parse::<u32>().unwrap_or(0);
+                let (ready, restarts) = node::bridge_container(p)
+                    .map(|c| (Some(c.0), c.1))
+                    .unwrap_or((None, 0));
+                json!({"pod": p.metadata.name, "slot": slot, "http": format!("127.0.0.1:{port}"),
+                       "ready": ready, "restarts": restarts,
+                       "phase": p.status.as_ref().and_then(|s| s.phase.clone())})
             })
             .collect();
         let status = json!({
@@ -344,7 +351,6 @@ async fn agent(state: &Path, a: &UpArgs) -> Result<()> {
     }
     counters.stop.store(true, Ordering::Relaxed);
     counters_kafka.stop.store(true, Ordering::Relaxed);
-    kubelet.shutdown().await;
     Ok(())
 }
 
@@ -390,11 +396,11 @@ async fn watch(state: &Path, seconds: u64) -> Result<()> {
             );
             for b in now["bridges"].as_array().into_iter().flatten() {
                 println!(
-                    "  bridge slot {}  http://{}/metrics  (/readyz, /healthz; pod {}, log {})",
+                    "  bridge slot {}  http://{}/metrics  (/readyz, /healthz; pod {}: kubectl logs -n {BRIDGE_NS} {})",
                     b["slot"].as_str().unwrap_or("?"),
                     b["http"].as_str().unwrap_or("?"),
                     b["pod"].as_str().unwrap_or("?"),
-                    b["log"].as_str().unwrap_or("?")
+                    b["pod"].as_str().unwrap_or("?")
                 );
             }
             println!(
@@ -424,9 +430,10 @@ async fn watch(state: &Path, seconds: u64) -> Result<()> {
                     .map(|b| match b["ready"].as_bool() {
                         Some(true) => format!("slot {} ready", b["slot"].as_str().unwrap_or("?")),
                         _ => format!(
-                            "slot {} NOT ready ({})",
+                            "slot {} NOT ready ({}, {} restarts)",
                             b["slot"].as_str().unwrap_or("?"),
-                            b["probe"].as_str().unwrap_or("")
+                            b["phase"].as_str().unwrap_or("?"),
+                            b["restarts"].as_i64().unwrap_or(0)
                         ),
                     })
                     .collect();
@@ -476,8 +483,10 @@ fn alive(pid: u32) -> bool {
 async fn down(state: &Path) -> Result<()> {
     let s = Servers::from_env()?;
     if let Some(procs) = read_json(&pids_file(state)) {
-        // The agent first: it stops the bridges (SIGTERM, they drain).
-        for key in ["agent", "operator"] {
+        // The agent (the fleet); the operator and the bridge pods go with
+        // the bridge and the release below (the kubelet stops them: SIGTERM,
+        // they drain).
+        for key in ["agent"] {
             let pid = procs[key]["pid"].as_u64().unwrap_or(0) as u32;
             let program = procs[key]["program"].as_str().unwrap_or("");
             if pid != 0 && stop_recorded(pid, program) {

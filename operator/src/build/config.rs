@@ -10,7 +10,7 @@ use crds::{
 use k8s_openapi::api::core::v1::ConfigMap;
 use sha2::{Digest, Sha256};
 
-use super::{HTTP_PORT, Owner, config_map_name};
+use super::{Owner, config_map_name};
 use crate::error::Result;
 
 /// Where Secret `<name>` is mounted in the pod.
@@ -25,12 +25,31 @@ pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 pub const SHUTDOWN_GRACE_SECONDS: u32 = 30;
 
 /// The ConfigMap and the hash of its content (for the pod template).
+///
+/// One file for every slot, except with host networking: then each slot
+/// listens on its own port (the pods share the node's ports), so each slot
+/// gets its own file ([`config_key`]). The hash is that of slot 0's file,
+/// which differs from the others only in the slot's port: scaling changes
+/// no hash and rolls no pod.
 pub fn config_map(owner: &Owner, spec: &MqttKafkaBridgeSpec) -> Result<(ConfigMap, String)> {
-    let yaml = serde_yaml::to_string(&bridge_config(spec))?;
-    let hash = hex(&Sha256::digest(yaml.as_bytes()));
+    let slot0 = serde_yaml::to_string(&bridge_config(spec, 0))?;
+    let hash = hex(&Sha256::digest(slot0.as_bytes()));
+    let data = if spec.pod_template().host_network {
+        let slots = u32::try_from(spec.replicas).unwrap_or(0);
+        (0..slots)
+            .map(|slot| {
+                Ok((
+                    config_key(spec, slot),
+                    serde_yaml::to_string(&bridge_config(spec, slot))?,
+                ))
+            })
+            .collect::<Result<BTreeMap<_, _>>>()?
+    } else {
+        BTreeMap::from([(CONFIG_KEY.to_string(), slot0)])
+    };
     let config_map = ConfigMap {
         metadata: owner.meta(config_map_name(&owner.name)),
-        data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), yaml)])),
+        data: Some(data),
         ..Default::default()
     };
     Ok((config_map, hash))
@@ -45,14 +64,39 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// The runtime configuration of a spec.
-pub fn bridge_config(spec: &MqttKafkaBridgeSpec) -> BridgeConfig {
+
+/// Key (file name) of `slot`'s configuration in the ConfigMap.
+pub fn config_key(spec: &MqttKafkaBridgeSpec, slot: u32) -> String {
+    if spec.pod_template().host_network {
+        format!("bridge-{slot}.yaml")
+    } else {
+        CONFIG_KEY.into()
+    }
+}
+
+/// Where `slot`'s HTTP endpoint listens: every address of the pod, or with
+/// host networking the node's loopback only (not exposed on the node's
+/// network; the probes go there).
+pub fn http_address(spec: &MqttKafkaBridgeSpec, slot: u32) -> String {
+    let host = if spec.pod_template().host_network {
+        HOST_NETWORK_HTTP_HOST
+    } else {
+        "0.0.0.0"
+    };
+    format!("{host}:{}", spec.http_port(slot))
+}
+
+/// Host of the HTTP endpoint (and of its probes) with host networking.
+pub const HOST_NETWORK_HTTP_HOST: &str = "127.0.0.1";
+
+/// The runtime configuration of `slot`.
+pub fn bridge_config(spec: &MqttKafkaBridgeSpec, slot: u32) -> BridgeConfig {
     BridgeConfig {
         mqtt: mqtt(&spec.mqtt),
         kafka: kafka(&spec.kafka),
         routes: spec.routes.clone(),
         http: HttpSettings {
-            address: format!("0.0.0.0:{HTTP_PORT}"),
+            address: http_address(spec, slot),
         },
         shutdown_grace_period_seconds: SHUTDOWN_GRACE_SECONDS,
         termination_message_path: Some(TERMINATION_MESSAGE_PATH.into()),
@@ -158,5 +202,39 @@ mod tests {
         b = a.clone();
         b.spec.replicas = 5;
         assert_eq!(ha, config_map(&owner, &b.spec).unwrap().1);
+    }
+
+    fn host_network(mut bridge: crds::MqttKafkaBridge) -> crds::MqttKafkaBridge {
+        bridge.spec.template = Some(crds::BridgeTemplate {
+            pod: Some(crds::PodTemplate {
+                host_network: true,
+                ..Default::default()
+            }),
+        });
+        bridge.spec.http = Some(crds::HttpSpec { port: 18080 });
+        bridge
+    }
+
+    #[test]
+    fn host_network_slots_listen_on_their_own_loopback_port() {
+        let bridge = host_network(fixtures::sensor_fleet());
+        let owner = Owner::of(&bridge).unwrap();
+        let (cm, hash) = config_map(&owner, &bridge.spec).unwrap();
+        let data = cm.data.unwrap();
+        assert_eq!(data.len(), bridge.spec.replicas as usize);
+        for slot in 0..bridge.spec.replicas as u32 {
+            let parsed: BridgeConfig =
+                serde_yaml::from_str(&data[&config_key(&bridge.spec, slot)]).unwrap();
+            assert_eq!(parsed.http.address, format!("127.0.0.1:{}", 18080 + slot));
+        }
+        // Scaling adds a file but changes no hash.
+        let mut more = bridge.clone();
+        more.spec.replicas += 1;
+        assert_eq!(hash, config_map(&owner, &more.spec).unwrap().1);
+        // Without host networking: every address of the pod, one file.
+        let (cm, other) = config_map(&owner, &fixtures::sensor_fleet().spec).unwrap();
+        assert_ne!(hash, other);
+        let yaml = &cm.data.unwrap()[CONFIG_KEY];
+        assert!(yaml.contains("0.0.0.0:8080"), "{yaml}");
     }
 }

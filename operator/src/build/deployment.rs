@@ -13,10 +13,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::config::{CONFIG_DIR, CONFIG_KEY, SECRETS_DIR, TERMINATION_MESSAGE_PATH};
+use super::config::{
+    CONFIG_DIR, HOST_NETWORK_HTTP_HOST, SECRETS_DIR, TERMINATION_MESSAGE_PATH, config_key,
+};
 use super::{
-    BRIDGE_LABEL, BuildSettings, CONFIG_HASH_ANNOTATION, HTTP_PORT, Owner,
-    SECRET_VERSIONS_ANNOTATION, SLOT_LABEL, config_map_name, deployment_name,
+    BRIDGE_LABEL, BuildSettings, CONFIG_HASH_ANNOTATION, Owner, SECRET_VERSIONS_ANNOTATION,
+    SLOT_LABEL, config_map_name, deployment_name,
 };
 use crate::resolve::ResolvedSecrets;
 
@@ -43,16 +45,24 @@ pub fn deployment(
         .get_or_insert_with(Default::default)
         .insert(SLOT_LABEL.into(), slot.to_string());
 
-    let template = spec.template.clone().unwrap_or_default();
-    // User labels first so that the operator's (selector) labels win.
-    let mut pod_labels = template.labels.clone();
+    let template = spec.pod_template();
+    let metadata = template.metadata.clone().unwrap_or_default();
+    // User labels first so that the operator's (selector) labels win
+    // (admission already refuses user labels under mqttkafka.io/).
+    let mut pod_labels = metadata.labels;
     pod_labels.extend(owner.labels());
     pod_labels.insert(SLOT_LABEL.into(), slot.to_string());
-    let mut pod_annotations = template.annotations.clone();
+    let mut pod_annotations = metadata.annotations;
     pod_annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.into());
     pod_annotations.insert(SECRET_VERSIONS_ANNOTATION.into(), secrets.versions.clone());
 
     let (volumes, mounts) = volumes(&owner.name, secrets);
+    let http_port = spec.http_port(slot);
+    // With host networking the endpoint listens on the node's loopback: the
+    // kubelet, on the node, probes it there.
+    let probe_host = template
+        .host_network
+        .then(|| HOST_NETWORK_HTTP_HOST.to_string());
     let container = Container {
         name: "bridge".into(),
         image: Some(
@@ -64,7 +74,7 @@ pub fn deployment(
         env: Some(vec![
             EnvVar {
                 name: "BRIDGE_CONFIG".into(),
-                value: Some(format!("{CONFIG_DIR}/{CONFIG_KEY}")),
+                value: Some(format!("{CONFIG_DIR}/{}", config_key(spec, slot))),
                 ..Default::default()
             },
             EnvVar {
@@ -75,13 +85,16 @@ pub fn deployment(
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
-            container_port: HTTP_PORT,
+            container_port: http_port,
+            // Host networking: the port is the node's (the scheduler keeps
+            // two pods wanting one port off the same node).
+            host_port: template.host_network.then_some(http_port),
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
         // Ready means connected to both sides; alive means the event loops run.
-        readiness_probe: Some(probe("/readyz", 5, 3)),
-        liveness_probe: Some(probe("/healthz", 10, 6)),
+        readiness_probe: Some(probe("/readyz", 5, 3, probe_host.clone())),
+        liveness_probe: Some(probe("/healthz", 10, 6, probe_host)),
         resources: spec.resources.clone(),
         termination_message_path: Some(TERMINATION_MESSAGE_PATH.into()),
         termination_message_policy: Some("File".into()),
@@ -140,6 +153,9 @@ pub fn deployment(
                         }),
                         ..Default::default()
                     }),
+                    host_network: template.host_network.then_some(true),
+                    dns_policy: (template.host_network || template.dns_policy.is_some())
+                        .then(|| template.effective_dns_policy().as_str().to_string()),
                     node_selector: non_empty(template.node_selector),
                     tolerations: (!template.tolerations.is_empty()).then_some(template.tolerations),
                     affinity: template.affinity,
@@ -157,9 +173,10 @@ fn non_empty(m: BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
     (!m.is_empty()).then_some(m)
 }
 
-fn probe(path: &str, period: i32, failures: i32) -> Probe {
+fn probe(path: &str, period: i32, failures: i32, host: Option<String>) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
+            host,
             path: Some(path.into()),
             port: IntOrString::String("http".into()),
             ..Default::default()
@@ -351,12 +368,16 @@ mod tests {
     fn template_labels_cannot_override_the_selector() {
         let mut bridge = fixtures::current_sensor();
         let mut template = crds::PodTemplate::default();
-        template
+        let mut metadata = crds::MetadataTemplate::default();
+        metadata
             .labels
             .insert(BRIDGE_LABEL.into(), "someone-else".into());
-        template.labels.insert("team".into(), "iot".into());
+        metadata.labels.insert("team".into(), "iot".into());
+        template.metadata = Some(metadata);
         template.priority_class_name = Some("high".into());
-        bridge.spec.template = Some(template);
+        bridge.spec.template = Some(crds::BridgeTemplate {
+            pod: Some(template),
+        });
         bridge.spec.image = Some("custom:1".into());
         let d = &build(&bridge, &ResolvedSecrets::default(), &settings())
             .unwrap()
@@ -368,5 +389,38 @@ mod tests {
         let pod = t.spec.as_ref().unwrap();
         assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
         assert_eq!(pod.containers[0].image.as_deref(), Some("custom:1"));
+        // No host networking asked for: the pod spec says nothing about it.
+        assert_eq!(pod.host_network, None);
+        assert_eq!(pod.dns_policy, None);
+    }
+
+    #[test]
+    fn host_network_pods_get_their_slot_port_probed_on_loopback() {
+        let mut bridge = fixtures::sensor_fleet();
+        bridge.spec.template = Some(crds::BridgeTemplate {
+            pod: Some(crds::PodTemplate {
+                host_network: true,
+                ..Default::default()
+            }),
+        });
+        bridge.spec.http = Some(crds::HttpSpec { port: 18080 });
+        let children = build(&bridge, &ResolvedSecrets::default(), &settings()).unwrap();
+        for (slot, d) in children.deployments.iter().enumerate() {
+            let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+            assert_eq!(pod.host_network, Some(true));
+            assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+            let c = &pod.containers[0];
+            let port = &c.ports.as_ref().unwrap()[0];
+            let want = 18080 + slot as i32;
+            assert_eq!((port.container_port, port.host_port), (want, Some(want)));
+            for probe in [&c.readiness_probe, &c.liveness_probe] {
+                let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+                assert_eq!(get.host.as_deref(), Some("127.0.0.1"));
+            }
+            let env = c.env.as_ref().unwrap();
+            assert!(env.iter().any(|e| e.name == "BRIDGE_CONFIG"
+                && e.value.as_deref()
+                    == Some(format!("/etc/bridge/config/bridge-{slot}.yaml").as_str())));
+        }
     }
 }

@@ -1,11 +1,13 @@
 //! The local test environment: real servers on 127.0.0.1 with free ports,
 //! started from cached binaries, recorded in `<state dir>/state.json` so that
-//! later commands (and tests) find them again.
+//! later commands (and tests) find them again. Besides the servers: a real
+//! node (containerd and a kubelet, see [`node`]) next to the kwok node.
 
 mod certs;
 mod kafka;
 mod kubernetes;
 mod mosquitto;
+pub mod node;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -59,7 +61,7 @@ pub struct State {
 fn ready_timeout(name: &str) -> Duration {
     match name {
         "kafka" => Duration::from_secs(120),
-        "apiserver" => Duration::from_secs(90),
+        "apiserver" | "kubelet" => Duration::from_secs(90),
         _ => Duration::from_secs(60),
     }
 }
@@ -106,6 +108,23 @@ pub fn up(dir: &Path) -> Result<bool> {
         Some(state) => state,
         None => configure(dir, &tools)?,
     };
+    if !state.servers.iter().any(|s| s.name == "kubelet") {
+        // A state directory from before the real node existed: add it.
+        let servers = configure_node(dir, &tools, &mut state.vars)?;
+        state.servers.extend(servers);
+        save(dir, &state)?;
+    }
+    // Another checkout's environment runs the host's one real node: the rest
+    // comes up, tests that need the node say so.
+    let node_elsewhere = node::other_owner(dir);
+    if let Some(owner) = &node_elsewhere {
+        eprintln!(
+            "xtask: WARNING: the test environment in {owner} runs this host's real node \
+             (one fits on a host); this one starts without it (REAL_NODE unset): \
+             `cargo xtask testenv down` there, then `up` here"
+        );
+    }
+    let skip = |name: &str| node_elsewhere.is_some() && node::is_node_server(name);
     let mut started = false;
     let mut offsets = BTreeMap::new();
     let names: Vec<String> = state.servers.iter().map(|s| s.name.clone()).collect();
@@ -115,25 +134,27 @@ pub fn up(dir: &Path) -> Result<bool> {
         let Some(server) = state.servers.iter_mut().find(|s| &s.name == name) else {
             continue;
         };
-        if server.is_running() {
+        if server.is_running() || skip(name) {
             continue;
         }
         eprintln!("xtask: starting {name}");
+        before_start(dir, name)?;
         let offset = process::log_len(&server.log_path(&logs));
         offsets.insert(name.clone(), offset);
         server.start(&logs)?;
         started = true;
         save(dir, &state)?;
-        if name == "etcd" || name == "apiserver" {
+        if name == "etcd" || name == "apiserver" || name == "containerd" {
             let server = state
                 .servers
                 .iter()
                 .find(|s| &s.name == name)
                 .context("server vanished")?;
             server.wait_ready(&logs, ready_timeout(name), offset)?;
+            after_ready(&tools, name)?;
         }
     }
-    for server in &state.servers {
+    for server in state.servers.iter().filter(|s| !skip(&s.name)) {
         let offset = offsets.get(&server.name).copied().unwrap_or(0);
         server.wait_ready(&logs, ready_timeout(&server.name), offset)?;
     }
@@ -195,9 +216,54 @@ fn configure(dir: &Path, tools: &Toolchain) -> Result<State> {
     )?;
     let mut servers = vec![kafka, mqtt];
     servers.extend(k8s);
+    servers.extend(configure_node(dir, tools, &mut vars)?);
     let state = State { servers, vars };
     save(dir, &state)?;
     Ok(state)
+}
+
+/// containerd and the kubelet (after the control plane, which the kubelet registers with).
+fn configure_node(
+    dir: &Path,
+    tools: &Toolchain,
+    vars: &mut BTreeMap<String, String>,
+) -> Result<Vec<Server>> {
+    let ports = process::free_ports(2)?;
+    let kubeconfig = PathBuf::from(
+        vars.get("KUBECONFIG")
+            .context("KUBECONFIG missing from state")?,
+    );
+    node::configure(
+        &dir.join("node"),
+        tools,
+        &kubeconfig,
+        &node::Ports {
+            kubelet: ports[0],
+            kubelet_healthz: ports[1],
+        },
+        vars,
+    )
+}
+
+/// What has to happen before a server starts: the real node claims the host
+/// (one per host) and notes what the kubelet will change on it.
+fn before_start(dir: &Path, name: &str) -> Result<()> {
+    if name == "containerd" || name == "kubelet" {
+        node::claim_host(dir)?;
+    }
+    if name == "kubelet" {
+        node::record_host(&dir.join("node"))?;
+    }
+    Ok(())
+}
+
+/// What has to happen once a server is ready: containerd gets the pause
+/// image its pod sandboxes run (no registry to pull it from).
+fn after_ready(tools: &Toolchain, name: &str) -> Result<()> {
+    if name == "containerd" {
+        node::import_image(&tools.ctr, &node::containerd_socket(), &tools.pause_archive)?;
+    }
+    Ok(())
 }
 
 pub fn down(dir: &Path) -> Result<()> {
@@ -206,14 +272,23 @@ pub fn down(dir: &Path) -> Result<()> {
         eprintln!("xtask: the test environment is not up");
         return Ok(());
     };
-    // Reverse order: the fake node and controllers before the apiserver, etcd last.
+    // Reverse order: the kubelet, then containerd (once every container of
+    // the node is gone), the fake node and controllers before the apiserver,
+    // etcd last.
+    let ctr = state.vars.get("CTR").map(PathBuf::from);
     for server in state.servers.iter_mut().rev() {
         if server.is_running() {
             eprintln!("xtask: stopping {}", server.name);
+            if server.name == "containerd"
+                && let Some(ctr) = &ctr
+            {
+                node::remove_pods(ctr, &node::containerd_socket())?;
+            }
         }
         server.stop()?;
     }
     save(dir, &state)?;
+    node::undo_host_changes(&dir.join("node"))?;
     // Everything it made lives in the state directory; the binary cache stays.
     std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
     eprintln!("xtask: test environment down");
@@ -226,10 +301,20 @@ fn status(dir: &Path) -> Result<()> {
         return Ok(());
     };
     let mut all = true;
+    let node_elsewhere = node::other_owner(dir);
     for s in &state.servers {
         let running = s.is_running();
-        all &= running;
         let pid = s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        match &node_elsewhere {
+            Some(owner) if !running && node::is_node_server(&s.name) => {
+                println!(
+                    "{:<20} not here: the host's real node runs in {owner}",
+                    s.name
+                );
+                continue;
+            }
+            _ => all &= running,
+        }
         println!(
             "{:<20} {:<8} pid {}",
             s.name,
@@ -248,9 +333,15 @@ fn start_and_wait(server: &mut Server, logs: &Path) -> Result<()> {
     if server.is_running() {
         return Ok(());
     }
+    let dir = logs.parent().context("log directory has a parent")?;
+    before_start(dir, &server.name)?;
     let offset = process::log_len(&server.log_path(logs));
     server.start(logs)?;
-    server.wait_ready(logs, ready_timeout(&server.name), offset)
+    server.wait_ready(logs, ready_timeout(&server.name), offset)?;
+    if server.name == "containerd" {
+        after_ready(&Toolchain::ensure()?, &server.name)?;
+    }
+    Ok(())
 }
 
 fn with_server(
@@ -275,6 +366,14 @@ fn with_server(
 /// The variables tests read, including where the logs are and how to control servers.
 pub fn env_vars(dir: &Path, state: &State) -> BTreeMap<String, String> {
     let mut vars = state.vars.clone();
+    if !state
+        .servers
+        .iter()
+        .any(|s| s.name == "kubelet" && s.is_running())
+    {
+        // Tests that need the real node fail naming REAL_NODE.
+        vars.remove("REAL_NODE");
+    }
     vars.insert(
         "TESTENV_LOG_DIR".into(),
         dir.join("logs").display().to_string(),

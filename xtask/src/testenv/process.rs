@@ -41,6 +41,17 @@ pub enum Ready {
         kubectl: PathBuf,
         kubeconfig: PathBuf,
     },
+    /// A unix socket accepts connections (containerd).
+    Socket(PathBuf),
+    /// The kubelet's healthz port accepts connections and its node reports
+    /// `Ready=True` (after a restart the node may still say True from
+    /// before, hence the port too).
+    Node {
+        kubectl: PathBuf,
+        kubeconfig: PathBuf,
+        node: String,
+        healthz_port: u16,
+    },
     /// Nothing to wait for (the server has no endpoint of its own).
     Started,
 }
@@ -142,6 +153,27 @@ impl Server {
                 .output()
                 .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "ok")
                 .unwrap_or(false),
+            Ready::Socket(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+            Ready::Node {
+                kubectl,
+                kubeconfig,
+                node,
+                healthz_port,
+            } => {
+                port_open(*healthz_port)
+                    && Command::new(kubectl)
+                        .arg("--kubeconfig")
+                        .arg(kubeconfig)
+                        .args(["get", "node", node, "--request-timeout=2s", "-o"])
+                        .arg("jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
+                        .stderr(Stdio::null())
+                        .output()
+                        .map(|o| {
+                            o.status.success()
+                                && String::from_utf8_lossy(&o.stdout).trim() == "True"
+                        })
+                        .unwrap_or(false)
+            }
             Ready::Started => true,
         }
     }
