@@ -106,6 +106,12 @@ where
 
 /// The CR's Ready condition: (status, reason, message, observedGeneration).
 fn ready_condition(s: &Servers, ns: &str) -> Option<(String, String, String, i64)> {
+    condition(s, ns, "Ready")
+}
+
+/// Status, reason, message and observed generation of the bridge's
+/// condition of `type_`.
+fn condition(s: &Servers, ns: &str, type_: &str) -> Option<(String, String, String, i64)> {
     let out = run(
         s.kubectl()
             .args(["get", "mkb", BRIDGE, "-n", ns, "-o", "json"]),
@@ -116,7 +122,7 @@ fn ready_condition(s: &Servers, ns: &str) -> Option<(String, String, String, i64
     let c = v["status"]["conditions"]
         .as_array()?
         .iter()
-        .find(|c| c["type"] == "Ready")?
+        .find(|c| c["type"] == type_)?
         .clone();
     let text = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
     Some((
@@ -593,10 +599,15 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
         },
     )
     .await;
+    // The message carries what the pods say of themselves (their `/report`,
+    // read by the operator): not just "unavailable" but why.
     let (_, reason, message, _) = wait_until(
-        "the CR's Ready condition turns False",
+        "the CR's Ready condition turns False, saying Kafka is not reachable",
         Duration::from_secs(120),
-        || async { ready_condition(&s, &ns).filter(|c| c.0 == "False") },
+        || async {
+            ready_condition(&s, &ns)
+                .filter(|c| c.0 == "False" && c.2.contains("kafka not reachable"))
+        },
     )
     .await;
     assert_eq!(reason, "ReplicasUnavailable", "{message}");
@@ -685,6 +696,39 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
             "MQTT after the outage (fleets a and b and the Kafka producer): {}",
             back_report.summary()
         ),
+    );
+
+    // 6b. An undeliverable message on a route without a dead-letter topic
+    //     (`readings-in` keys by the JSON field sensor_id; this payload is
+    //     not JSON): dropped and counted by the bridge, and the bridge's
+    //     status says so in its MessagesDropped condition.
+    let junk_topic = format!("{root}sensors/junk/temperature");
+    run(
+        std::process::Command::new("mosquitto_pub").args([
+            "-L",
+            &format!("{}/{junk_topic}", s.mqtt_url.trim_end_matches('/')),
+            "-q",
+            "1",
+            "-m",
+            "not json",
+        ]),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("mosquitto_pub: {e:#}"));
+    let (status, reason, message, _) = wait_until(
+        "the CR's MessagesDropped condition turns True",
+        Duration::from_secs(150),
+        || async { condition(&s, &ns, "MessagesDropped").filter(|c| c.0 == "True") },
+    )
+    .await;
+    assert_eq!(reason, "UndeliverableDropped", "{message}");
+    assert!(
+        message.contains("route readings-in, reason payload_not_json"),
+        "{message}"
+    );
+    step(
+        t0,
+        &format!("a non-JSON reading: MessagesDropped={status} {reason}: {message}"),
     );
 
     // 7. A wrong password in the Secret: the operator rolls the pods onto it
