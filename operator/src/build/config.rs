@@ -64,7 +64,6 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-
 /// Key (file name) of `slot`'s configuration in the ConfigMap.
 pub fn config_key(spec: &MqttKafkaBridgeSpec, slot: u32) -> String {
     if spec.pod_template().host_network {
