@@ -308,36 +308,31 @@ impl MqttEventLoop {
     }
 }
 
-/// The wire value of a PUBACK reason (rumqttc's enum has no such numbers).
-fn puback_code(reason: m5::PubAckReason) -> u8 {
-    use m5::PubAckReason as R;
-    match reason {
-        R::Success => 0x00,
-        R::NoMatchingSubscribers => 0x10,
-        R::UnspecifiedError => 0x80,
-        R::ImplementationSpecificError => 0x83,
-        R::NotAuthorized => 0x87,
-        R::TopicNameInvalid => 0x90,
-        R::PacketIdentifierInUse => 0x91,
-        R::QuotaExceeded => 0x97,
-        R::PayloadFormatInvalid => 0x99,
-    }
+/// The wire values of PUBACK and PUBREC reasons: rumqttc's two enums have
+/// the same variants and no numbers.
+macro_rules! reason_code {
+    ($reason:expr, $kind:ty) => {{
+        type R = $kind;
+        match $reason {
+            R::Success => 0x00,
+            R::NoMatchingSubscribers => 0x10,
+            R::UnspecifiedError => 0x80,
+            R::ImplementationSpecificError => 0x83,
+            R::NotAuthorized => 0x87,
+            R::TopicNameInvalid => 0x90,
+            R::PacketIdentifierInUse => 0x91,
+            R::QuotaExceeded => 0x97,
+            R::PayloadFormatInvalid => 0x99,
+        }
+    }};
 }
 
-/// The wire value of a PUBREC reason.
+fn puback_code(reason: m5::PubAckReason) -> u8 {
+    reason_code!(reason, m5::PubAckReason)
+}
+
 fn pubrec_code(reason: m5::PubRecReason) -> u8 {
-    use m5::PubRecReason as R;
-    match reason {
-        R::Success => 0x00,
-        R::NoMatchingSubscribers => 0x10,
-        R::UnspecifiedError => 0x80,
-        R::ImplementationSpecificError => 0x83,
-        R::NotAuthorized => 0x87,
-        R::TopicNameInvalid => 0x90,
-        R::PacketIdentifierInUse => 0x91,
-        R::QuotaExceeded => 0x97,
-        R::PayloadFormatInvalid => 0x99,
-    }
+    reason_code!(reason, m5::PubRecReason)
 }
 
 fn qos4(qos: u8) -> rumqttc::QoS {
@@ -475,6 +470,14 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reason_codes_are_the_wire_values() {
+        assert_eq!(puback_code(m5::PubAckReason::NotAuthorized), 0x87);
+        assert_eq!(pubrec_code(m5::PubRecReason::QuotaExceeded), 0x97);
+        assert_eq!(puback_code(m5::PubAckReason::NoMatchingSubscribers), 0x10);
+        assert_eq!(pubrec_code(m5::PubRecReason::PayloadFormatInvalid), 0x99);
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -224,6 +224,22 @@ pub fn wait_available(namespace: &str, deployment: &str) {
     );
 }
 
+/// `kubectl wait --for=condition=Ready mkb/<bridge>`: its outcome, for a
+/// test to report together with the operator's log when it failed.
+pub fn wait_bridge_ready(namespace: &str, bridge: &str) -> Output {
+    output(
+        kubectl().args([
+            "wait",
+            "-n",
+            namespace,
+            "--for=condition=Ready",
+            &format!("mkb/{bridge}"),
+            &format!("--timeout={WAIT}"),
+        ]),
+        None,
+    )
+}
+
 /// `kubectl get -o json` of one object, or `None` when it does not exist.
 pub fn get(kind: &str, namespace: Option<&str>, name: &str) -> Option<serde_json::Value> {
     let mut cmd = kubectl();

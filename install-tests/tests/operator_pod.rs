@@ -104,17 +104,7 @@ fn the_chart_runs_the_operator_as_a_pod_on_the_real_node() {
         kubectl().args(["apply", "-n", &watched.name, "-f", "-"]),
         Some(&bridge),
     );
-    let ready = output(
-        kubectl().args([
-            "wait",
-            "-n",
-            &watched.name,
-            "--for=condition=Ready",
-            "mkb/current-sensor",
-            &format!("--timeout={WAIT}"),
-        ]),
-        None,
-    );
+    let ready = wait_bridge_ready(&watched.name, "current-sensor");
     assert!(
         ready.status.success(),
         "bridge not Ready: {}\noperator log:\n{}",

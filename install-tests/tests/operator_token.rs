@@ -123,17 +123,7 @@ fn operator_with_the_chart_service_account_reconciles_a_bridge() {
         kubectl().args(["apply", "-n", &ns.name, "-f", "-"]),
         Some(&bridge),
     );
-    let ready = output(
-        kubectl().args([
-            "wait",
-            "-n",
-            &ns.name,
-            "--for=condition=Ready",
-            "mkb/current-sensor",
-            &format!("--timeout={WAIT}"),
-        ]),
-        None,
-    );
+    let ready = wait_bridge_ready(&ns.name, "current-sensor");
     assert!(
         ready.status.success(),
         "bridge not Ready: {}\noperator log:\n{}",

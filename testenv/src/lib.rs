@@ -111,19 +111,10 @@ pub enum KafkaOperation {
 }
 
 impl KafkaOperation {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Read => "Read",
-            Self::Write => "Write",
-            Self::Create => "Create",
-            Self::Delete => "Delete",
-            Self::Alter => "Alter",
-            Self::Describe => "Describe",
-            Self::DescribeConfigs => "DescribeConfigs",
-            Self::AlterConfigs => "AlterConfigs",
-            Self::IdempotentWrite => "IdempotentWrite",
-            Self::All => "All",
-        }
+    /// The name `testenv kafka-acl --operation` takes: the variant's own
+    /// (the names Kafka's `AclCommand` uses).
+    fn name(self) -> String {
+        format!("{self:?}")
     }
 }
 
@@ -234,7 +225,7 @@ fn run_kafka_acl(
     cmd.args(["--principal", principal]);
     cmd.args(resource_args);
     for op in operations {
-        cmd.args(["--operation", op.name()]);
+        cmd.args(["--operation", &op.name()]);
     }
     let status = cmd.status().map_err(|e| format!("run {ctl}: {e}"))?;
     if !status.success() {

@@ -248,20 +248,12 @@ pub enum AclOperation {
 }
 
 impl AclOperation {
-    /// The name `kafka-acls.sh` takes.
-    fn cli_name(self) -> &'static str {
-        match self {
-            Self::Read => "Read",
-            Self::Write => "Write",
-            Self::Create => "Create",
-            Self::Delete => "Delete",
-            Self::Alter => "Alter",
-            Self::Describe => "Describe",
-            Self::DescribeConfigs => "DescribeConfigs",
-            Self::AlterConfigs => "AlterConfigs",
-            Self::IdempotentWrite => "IdempotentWrite",
-            Self::All => "All",
-        }
+    /// The name `kafka-acls.sh` takes: the `#[value(name)]` above.
+    fn cli_name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
     }
 
     /// The name in a listed ACL (`operation=IDEMPOTENT_WRITE`).
@@ -344,7 +336,7 @@ pub fn acl(dir: &Path, args: &AclArgs) -> Result<()> {
         if with_operations {
             cmd.args(["--allow-principal", &args.principal]);
             for op in &args.operations {
-                cmd.args(["--operation", op.cli_name()]);
+                cmd.args(["--operation", &op.cli_name()]);
             }
         }
         let out = cmd.output().context("run Kafka's AclCommand")?;
