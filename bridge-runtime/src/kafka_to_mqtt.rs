@@ -575,14 +575,10 @@ impl State {
                         topic: plan.topic.clone(),
                     });
                     self.in_flight += 1;
+                    // The topic moves into rumqttc: the copy kept above for
+                    // `/readyz` replaces the one rumqttc would make.
                     if let Err(e) = client
-                        .publish(
-                            &plan.topic,
-                            plan.qos,
-                            plan.retain,
-                            r.payload.clone(),
-                            origin,
-                        )
+                        .publish(plan.topic, plan.qos, plan.retain, r.payload.clone(), origin)
                         .await
                     {
                         tracing::warn!(error = %e, "MQTT publish request failed");

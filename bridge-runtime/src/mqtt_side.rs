@@ -394,7 +394,7 @@ impl MqttClient {
     /// Publishes; MQTT 5 publishes carry the loop-prevention user property.
     pub async fn publish(
         &self,
-        topic: &str,
+        topic: String,
         qos: u8,
         retain: bool,
         payload: Bytes,
