@@ -90,8 +90,8 @@ fn init_logging(config: &ValidatedConfig) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match config.config.log.format {
-        crds::LogFormat::Json => builder.json().try_init(),
-        crds::LogFormat::Text => builder.try_init(),
+        bridge_core::LogFormat::Json => builder.json().try_init(),
+        bridge_core::LogFormat::Text => builder.try_init(),
     };
 }
 

@@ -3,8 +3,44 @@
 
 use std::fmt::Write as _;
 
+use bridge_core::{BRIDGE_KIND, BridgeManifest};
+
 use crate::config::ValidatedConfig;
-use crate::routes::{Disposition, KeyRule, MqttMessage};
+use crate::error::BridgeError;
+use bridge_core::routes::{Disposition, KeyRule, MqttMessage};
+
+/// When `text` is a `MqttKafkaBridge` manifest rather than a runtime file:
+/// the verdict of the operator's own rules on its spec (`Ok(None)` for a
+/// runtime file, which [`crate::config::load`] checks).
+pub fn check_manifest(text: &str) -> Result<Option<String>, BridgeError> {
+    let is_manifest = serde_yaml::from_str::<serde_yaml::Value>(text)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned))
+        .is_some_and(|k| k == BRIDGE_KIND);
+    if !is_manifest {
+        return Ok(None);
+    }
+    let manifest: BridgeManifest = crate::config::parse_as(text)?;
+    let spec = &manifest.spec;
+    let checked = bridge_core::validate::validate_bridge(
+        spec.replicas,
+        &spec.mqtt,
+        &spec.kafka,
+        &spec.routes,
+    )
+    .map_err(|e| BridgeError::invalid(format!("spec.{}", e.field), e.message))?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{BRIDGE_KIND} {}: spec OK ({} replica(s), {} MQTT→Kafka and {} Kafka→MQTT route(s)); \
+         the Kubernetes fields (image, resources, template, http) are checked by the CRD and the operator",
+        manifest.metadata.name.as_deref().unwrap_or("(unnamed)"),
+        spec.replicas,
+        checked.routes.mqtt_to_kafka.len(),
+        checked.routes.kafka_to_mqtt.len(),
+    );
+    Ok(Some(out))
+}
 
 /// Text describing the resolved routes.
 pub fn describe_routes(config: &ValidatedConfig) -> String {
@@ -15,8 +51,8 @@ pub fn describe_routes(config: &ValidatedConfig) -> String {
         "configuration OK: MQTT {} (MQTT {}, {} connection(s), client ids {}), Kafka {}",
         c.mqtt.url,
         match c.mqtt.protocol_version {
-            crds::MqttProtocolVersion::V311 => "3.1.1",
-            crds::MqttProtocolVersion::V5 => "5",
+            bridge_core::MqttProtocolVersion::V311 => "3.1.1",
+            bridge_core::MqttProtocolVersion::V5 => "5",
         },
         c.mqtt.connections,
         config.client_id("<n>"),
@@ -61,7 +97,7 @@ pub fn describe_routes(config: &ValidatedConfig) -> String {
     out
 }
 
-fn template_text(c: &crds::BridgeConfig, name: &str) -> String {
+fn template_text(c: &bridge_core::BridgeConfig, name: &str) -> String {
     c.routes
         .iter()
         .find(|r| r.name == name)

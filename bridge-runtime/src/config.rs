@@ -5,16 +5,16 @@
 use std::fmt;
 use std::path::Path;
 
-use crds::{
+use bridge_core::{
     BridgeConfig, KafkaAuthenticationType, MqttAuthenticationType, MqttProtocolVersion,
     SecretSource,
 };
 
-use crate::error::BridgeError;
-use crate::routes::RouteTable;
+pub use bridge_core::rules::SLOT_ENV;
+pub use bridge_core::validate::MqttEndpoint;
 
-/// Environment variable carrying the replica's stable slot (see [`BridgeConfig`]).
-pub const SLOT_ENV: &str = "BRIDGE_SLOT";
+use crate::error::BridgeError;
+use bridge_core::routes::RouteTable;
 
 /// A secret value. Its `Debug` never shows the value, so it cannot leak
 /// into logs or error messages by accident.
@@ -59,17 +59,6 @@ pub struct Secrets {
     pub kafka_client_certificate: Option<SecretValue>,
     /// Kafka client key (PEM).
     pub kafka_client_key: Option<SecretValue>,
-}
-
-/// Where the MQTT broker is, from `mqtt.url`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MqttEndpoint {
-    /// Host name or address.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// `mqtts://`.
-    pub tls: bool,
 }
 
 /// A configuration that passed every check.
@@ -129,6 +118,11 @@ pub fn load(path: &Path) -> Result<ValidatedConfig, BridgeError> {
 
 /// Parses YAML; the error names the field (serde_yaml reports its path).
 pub fn parse(text: &str) -> Result<BridgeConfig, BridgeError> {
+    parse_as(text)
+}
+
+/// Parses YAML into `T`, with [`parse`]'s errors.
+pub fn parse_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, BridgeError> {
     serde_yaml::from_str(text)
         .map_err(|e| BridgeError::ConfigSyntax(hide_input_values(&e.to_string())))
 }
@@ -190,212 +184,15 @@ fn debug_string_end(body: &str) -> Option<usize> {
     })
 }
 
-/// librdkafka properties the bridge sets itself, for delivery guarantees or
-/// because a typed field exists.
-const MANAGED_PROPERTIES: &[&str] = &[
-    "bootstrap.servers",
-    "metadata.broker.list",
-    "security.protocol",
-    "sasl.mechanism",
-    "sasl.mechanisms",
-    "sasl.username",
-    "enable.idempotence",
-    "acks",
-    "request.required.acks",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "group.id",
-    "ssl.ca.pem",
-    "ssl.certificate.pem",
-    "queue.buffering.max.messages",
-    "queue.buffering.max.kbytes",
-    "delivery.timeout.ms",
-    "message.timeout.ms",
-    "compression.type",
-    "compression.codec",
-    "linger.ms",
-    "message.max.bytes",
-];
-
-/// Checks every field and reads the secrets.
+/// Checks every field and reads the secrets: first the rules every bridge
+/// must pass (`bridge_core::validate`, the operator's very check), then
+/// what only this process knows (its own settings, the secret files).
 pub fn validate(config: BridgeConfig, slot: u32) -> Result<ValidatedConfig, BridgeError> {
-    let mqtt = &config.mqtt;
-    let mqtt_endpoint = parse_mqtt_url(&mqtt.url)?;
-    if mqtt.client_id_prefix.is_empty()
-        || !mqtt
-            .client_id_prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(BridgeError::invalid(
-            "mqtt.clientIdPrefix",
-            "must be non-empty and use only a-z A-Z 0-9 - _ .",
-        ));
-    }
-    if mqtt.client_id_prefix.len() > 200 {
-        return Err(BridgeError::invalid(
-            "mqtt.clientIdPrefix",
-            "must be at most 200 characters",
-        ));
-    }
-    if mqtt.connections == 0 {
-        return Err(BridgeError::invalid(
-            "mqtt.connections",
-            "must be at least 1",
-        ));
-    }
-    if mqtt.connections > 1
-        && mqtt.shared_subscription_group.is_none()
-        && config.routes.iter().any(|r| r.mqtt_to_kafka.is_some())
-    {
-        return Err(BridgeError::invalid(
-            "mqtt.connections",
-            "more than one connection needs mqtt.sharedSubscriptionGroup, or every message arrives once per connection",
-        ));
-    }
-    if let Some(group) = &mqtt.shared_subscription_group
-        && (group.is_empty() || group.contains(['/', '+', '#']))
-    {
-        return Err(BridgeError::invalid(
-            "mqtt.sharedSubscriptionGroup",
-            "must be non-empty and must not contain `/`, `+` or `#`",
-        ));
-    }
-    if mqtt.protocol_version == MqttProtocolVersion::V5 && config.mqtt_receive_maximum == 0 {
+    let checked = bridge_core::validate::validate(&config.mqtt, &config.kafka, &config.routes, 1)?;
+    if config.mqtt.protocol_version == MqttProtocolVersion::V5 && config.mqtt_receive_maximum == 0 {
         return Err(BridgeError::invalid(
             "mqttReceiveMaximum",
             "must be at least 1",
-        ));
-    }
-    if mqtt.keep_alive_seconds != 0 && mqtt.keep_alive_seconds < 5 {
-        return Err(BridgeError::invalid(
-            "mqtt.keepAliveSeconds",
-            "must be 0 (off) or at least 5",
-        ));
-    }
-
-    let mut secrets = Secrets::default();
-    if let Some(tls) = &mqtt.tls {
-        if !mqtt_endpoint.tls {
-            return Err(BridgeError::invalid(
-                "mqtt.tls",
-                "TLS settings need an `mqtts://` URL",
-            ));
-        }
-        secrets.mqtt_ca = read_optional(&tls.trusted_ca, "mqtt.tls.trustedCa")?;
-        secrets.mqtt_client_certificate =
-            read_optional(&tls.client_certificate, "mqtt.tls.clientCertificate")?;
-        secrets.mqtt_client_key = read_optional(&tls.client_key, "mqtt.tls.clientKey")?;
-        if secrets.mqtt_client_certificate.is_some() != secrets.mqtt_client_key.is_some() {
-            return Err(BridgeError::invalid(
-                "mqtt.tls.clientKey",
-                "clientCertificate and clientKey go together",
-            ));
-        }
-    }
-    if let Some(auth) = &mqtt.authentication {
-        match auth.kind {
-            MqttAuthenticationType::None => {}
-            MqttAuthenticationType::Password => {
-                if auth.username.as_deref().is_none_or(str::is_empty) {
-                    return Err(BridgeError::invalid(
-                        "mqtt.authentication.username",
-                        "required for type `password`",
-                    ));
-                }
-                let Some(source) = &auth.password_secret else {
-                    return Err(BridgeError::invalid(
-                        "mqtt.authentication.passwordSecret",
-                        "required for type `password`",
-                    ));
-                };
-                secrets.mqtt_password =
-                    Some(read_secret(source, "mqtt.authentication.passwordSecret")?);
-            }
-        }
-    }
-
-    let kafka = &config.kafka;
-    if kafka.bootstrap_servers.trim().is_empty() {
-        return Err(BridgeError::invalid(
-            "kafka.bootstrapServers",
-            "must not be empty",
-        ));
-    }
-    for server in kafka.bootstrap_servers.split(',') {
-        let server = server.trim();
-        let port_ok = server
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-        if !port_ok {
-            return Err(BridgeError::invalid(
-                "kafka.bootstrapServers",
-                format!("`{server}` is not host:port"),
-            ));
-        }
-    }
-    if let Some(tls) = &kafka.tls {
-        secrets.kafka_ca = read_optional(&tls.trusted_ca, "kafka.tls.trustedCa")?;
-        secrets.kafka_client_certificate =
-            read_optional(&tls.client_certificate, "kafka.tls.clientCertificate")?;
-        secrets.kafka_client_key = read_optional(&tls.client_key, "kafka.tls.clientKey")?;
-        if secrets.kafka_client_certificate.is_some() != secrets.kafka_client_key.is_some() {
-            return Err(BridgeError::invalid(
-                "kafka.tls.clientKey",
-                "clientCertificate and clientKey go together",
-            ));
-        }
-    }
-    if let Some(auth) = &kafka.authentication
-        && auth.kind != KafkaAuthenticationType::None
-    {
-        if auth.username.as_deref().is_none_or(str::is_empty) {
-            return Err(BridgeError::invalid(
-                "kafka.authentication.username",
-                "required unless type is `none`",
-            ));
-        }
-        let Some(source) = &auth.password_secret else {
-            return Err(BridgeError::invalid(
-                "kafka.authentication.passwordSecret",
-                "required unless type is `none`",
-            ));
-        };
-        secrets.kafka_password = Some(read_secret(source, "kafka.authentication.passwordSecret")?);
-    }
-    for key in kafka.properties.keys() {
-        let field = format!("kafka.properties[{key}]");
-        let lower = key.to_ascii_lowercase();
-        if crds::is_secret_property(key) {
-            return Err(BridgeError::invalid(
-                field,
-                "carries a secret: use the secret fields (kafka.authentication.passwordSecret, kafka.tls.*) instead",
-            ));
-        }
-        if MANAGED_PROPERTIES.contains(&lower.as_str()) {
-            return Err(BridgeError::invalid(
-                field,
-                "is set by the bridge from its typed fields and cannot be overridden",
-            ));
-        }
-    }
-    let producer = &kafka.producer;
-    if producer.max_in_flight_records == 0 {
-        return Err(BridgeError::invalid(
-            "kafka.producer.maxInFlightRecords",
-            "must be at least 1",
-        ));
-    }
-    if producer.queue_max_kbytes == 0 {
-        return Err(BridgeError::invalid(
-            "kafka.producer.queueMaxKbytes",
-            "must be at least 1",
-        ));
-    }
-    if producer.delivery_timeout_ms < 1000 {
-        return Err(BridgeError::invalid(
-            "kafka.producer.deliveryTimeoutMs",
-            "must be at least 1000",
         ));
     }
     if config.max_in_flight_publishes == 0 {
@@ -416,59 +213,45 @@ pub fn validate(config: BridgeConfig, slot: u32) -> Result<ValidatedConfig, Brid
             format!("`{}` is not a log filter", config.log.level),
         ));
     }
-
-    let routes = RouteTable::compile(&config.routes)?;
+    let secrets = read_secrets(&config)?;
     Ok(ValidatedConfig {
         config,
         secrets,
-        mqtt_endpoint,
+        mqtt_endpoint: checked.mqtt_endpoint,
         slot,
-        routes,
+        routes: checked.routes,
     })
 }
 
-fn parse_mqtt_url(url: &str) -> Result<MqttEndpoint, BridgeError> {
-    let field = "mqtt.url";
-    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtt://") {
-        (false, rest)
-    } else if let Some(rest) = url.strip_prefix("mqtts://") {
-        (true, rest)
-    } else {
-        return Err(BridgeError::invalid(
-            field,
-            format!("`{url}` must start with mqtt:// or mqtts://"),
-        ));
-    };
-    let rest = rest.trim_end_matches('/');
-    if rest.contains(['/', '@', '?']) {
-        return Err(BridgeError::invalid(
-            field,
-            "only mqtt[s]://host[:port] is supported (credentials go in mqtt.authentication)",
-        ));
+/// Reads every secret the configuration names (its presence and pairing
+/// already checked).
+fn read_secrets(config: &BridgeConfig) -> Result<Secrets, BridgeError> {
+    let mut secrets = Secrets::default();
+    if let Some(tls) = &config.mqtt.tls {
+        secrets.mqtt_ca = read_optional(&tls.trusted_ca, "mqtt.tls.trustedCa")?;
+        secrets.mqtt_client_certificate =
+            read_optional(&tls.client_certificate, "mqtt.tls.clientCertificate")?;
+        secrets.mqtt_client_key = read_optional(&tls.client_key, "mqtt.tls.clientKey")?;
     }
-    let default_port = if tls { 8883 } else { 1883 };
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| BridgeError::invalid(field, "unclosed `[` in IPv6 address"))?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok(),
-            None if after.is_empty() => Some(default_port),
-            None => None,
-        };
-        (host.to_owned(), port)
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), p.parse().ok()),
-            None => (rest.to_owned(), Some(default_port)),
-        }
-    };
-    let port =
-        port.ok_or_else(|| BridgeError::invalid(field, format!("`{url}` has an invalid port")))?;
-    if host.is_empty() {
-        return Err(BridgeError::invalid(field, format!("`{url}` has no host")));
+    if let Some(auth) = &config.mqtt.authentication
+        && auth.kind == MqttAuthenticationType::Password
+    {
+        secrets.mqtt_password =
+            read_optional(&auth.password_secret, "mqtt.authentication.passwordSecret")?;
     }
-    Ok(MqttEndpoint { host, port, tls })
+    if let Some(tls) = &config.kafka.tls {
+        secrets.kafka_ca = read_optional(&tls.trusted_ca, "kafka.tls.trustedCa")?;
+        secrets.kafka_client_certificate =
+            read_optional(&tls.client_certificate, "kafka.tls.clientCertificate")?;
+        secrets.kafka_client_key = read_optional(&tls.client_key, "kafka.tls.clientKey")?;
+    }
+    if let Some(auth) = &config.kafka.authentication
+        && auth.kind != KafkaAuthenticationType::None
+    {
+        secrets.kafka_password =
+            read_optional(&auth.password_secret, "kafka.authentication.passwordSecret")?;
+    }
+    Ok(secrets)
 }
 
 fn read_optional(
@@ -657,14 +440,17 @@ routes:
                 &format!("  bootstrapServers: 127.0.0.1:9092\n  properties:\n    {key}: hunter2"),
             );
             let e = error_of(&text);
-            assert!(e.contains(&format!("kafka.properties[{key}]")), "{e}");
+            assert!(
+                e.contains("kafka.properties") && e.contains(&format!("`{key}`")),
+                "{e}"
+            );
             assert!(!e.contains("hunter2"), "{e}");
         }
         let text = MINIMAL.replace(
             "  bootstrapServers: 127.0.0.1:9092",
             "  bootstrapServers: 127.0.0.1:9092\n  properties:\n    enable.idempotence: 'false'",
         );
-        assert!(error_of(&text).contains("kafka.properties[enable.idempotence]"));
+        assert!(error_of(&text).contains("`enable.idempotence` is set by the bridge"));
         let text = MINIMAL.replace(
             "  bootstrapServers: 127.0.0.1:9092",
             "  bootstrapServers: 127.0.0.1:9092\n  properties:\n    socket.keepalive.enable: 'true'",
@@ -746,19 +532,5 @@ routes:
             "clientIdPrefix: bridge\n  tls: {trustedCa: {file: /x}}",
         ));
         assert!(e.contains("mqtt.tls"), "{e}");
-    }
-
-    #[test]
-    fn url_forms() {
-        assert_eq!(
-            parse_mqtt_url("mqtts://broker.example").unwrap(),
-            MqttEndpoint {
-                host: "broker.example".into(),
-                port: 8883,
-                tls: true
-            }
-        );
-        assert_eq!(parse_mqtt_url("mqtt://[::1]:1884").unwrap().host, "::1");
-        assert!(parse_mqtt_url("mqtt://user:pw@h:1").is_err());
     }
 }

@@ -16,7 +16,7 @@ pub enum BridgeError {
         /// Why.
         source: std::io::Error,
     },
-    /// The configuration file is not valid YAML for [`crds::BridgeConfig`]
+    /// The configuration file is not valid YAML for [`bridge_core::BridgeConfig`]
     /// (syntax, unknown field, wrong type, unknown enum value).
     #[error("invalid configuration: {0}")]
     ConfigSyntax(String),
@@ -96,6 +96,16 @@ impl BridgeError {
         Self::ConfigInvalid {
             field: field.into(),
             message: message.into(),
+        }
+    }
+}
+
+/// A rule of `bridge_core` broken by the configuration file.
+impl From<bridge_core::SpecError> for BridgeError {
+    fn from(e: bridge_core::SpecError) -> Self {
+        Self::ConfigInvalid {
+            field: e.field,
+            message: e.message,
         }
     }
 }

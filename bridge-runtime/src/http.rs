@@ -29,7 +29,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route(crds::report::REPORT_PATH, get(report))
+        .route(bridge_core::report::REPORT_PATH, get(report))
         .route("/metrics", get(metrics))
         .with_state(observability);
     Ok(tokio::spawn(async move {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bridge_core::{Compression, KafkaAuthenticationType};
 use bytes::Bytes;
-use crds::{Compression, KafkaAuthenticationType};
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -304,8 +304,8 @@ pub fn consumer(
         .set(
             "auto.offset.reset",
             match config.config.kafka.consumer.auto_offset_reset {
-                crds::AutoOffsetReset::Earliest => "earliest",
-                crds::AutoOffsetReset::Latest => "latest",
+                bridge_core::AutoOffsetReset::Earliest => "earliest",
+                bridge_core::AutoOffsetReset::Latest => "latest",
             },
         );
     // librdkafka prefetches up to 64 MiB per consumer by default, too much for

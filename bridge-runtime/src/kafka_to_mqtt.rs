@@ -46,7 +46,7 @@ use crate::kafka_side::{
 use crate::metrics::{self, Observability, Refusal};
 use crate::mqtt_side::{self, Backoff, ConnectionKind, MqttClient, MqttEvent, PollError};
 use crate::retry_queue::{RetryQueue, retry_backoff};
-use crate::routes::{Disposition, ORIGIN_HEADER, dead_letter_headers};
+use bridge_core::routes::{Disposition, ORIGIN_HEADER, dead_letter_headers};
 
 type PartitionKey = (String, i32);
 

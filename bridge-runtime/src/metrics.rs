@@ -284,13 +284,13 @@ impl Health {
         ))
     }
 
-    fn drop_report(&self) -> Option<crds::report::DropReport> {
+    fn drop_report(&self) -> Option<bridge_core::report::DropReport> {
         let count = self.dropped.load(Ordering::Relaxed);
         if count == 0 {
             return None;
         }
         let (route, reason, at) = self.last_drop.lock().ok()?.clone()?;
-        Some(crds::report::DropReport {
+        Some(bridge_core::report::DropReport {
             count,
             route,
             reason: reason.to_owned(),
@@ -299,19 +299,19 @@ impl Health {
     }
 
     /// The bridge's own account of itself for the operator (`/report`).
-    pub fn report(&self) -> crds::report::BridgeReport {
+    pub fn report(&self) -> bridge_core::report::BridgeReport {
         let not_ready: Vec<String> = self
             .not_connected()
             .into_iter()
             .map(str::to_owned)
             .collect();
-        let refusals: Vec<crds::report::RefusalReport> = self
+        let refusals: Vec<bridge_core::report::RefusalReport> = self
             .refusals
             .lock()
             .map(|map| {
                 map.values()
                     .flatten()
-                    .map(|r| crds::report::RefusalReport {
+                    .map(|r| bridge_core::report::RefusalReport {
                         route: r.route.clone(),
                         target: r.target.clone(),
                         reason: r.reason.to_owned(),
@@ -321,7 +321,7 @@ impl Health {
                     .collect()
             })
             .unwrap_or_default();
-        crds::report::BridgeReport {
+        bridge_core::report::BridgeReport {
             ready: not_ready.is_empty() && refusals.is_empty(),
             not_ready,
             refusals,
@@ -402,7 +402,7 @@ impl Observability {
             .dropped
             .get_or_create(&route_reason(route, reason))
             .inc();
-        if reason == crate::routes::OWN_MESSAGE {
+        if reason == bridge_core::routes::OWN_MESSAGE {
             return;
         }
         self.health.record_drop(route, reason);

@@ -4,15 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bridge_core::MqttProtocolVersion;
 use bytes::Bytes;
-use crds::MqttProtocolVersion;
 use rumqttc::v5::mqttbytes::v5 as m5;
 use rumqttc::{TlsConfiguration, Transport};
 
 use crate::config::ValidatedConfig;
 use crate::delivery::{self, Verdict};
 use crate::error::BridgeError;
-use crate::routes::ORIGIN_HEADER;
+use bridge_core::routes::ORIGIN_HEADER;
 
 /// MQTT's own largest packet. The bridge accepts packets up to this size
 /// whatever `mqtt.maxPacketBytes` says (rumqttc's default is only 10 KiB):

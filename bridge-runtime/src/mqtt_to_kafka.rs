@@ -41,7 +41,7 @@ use crate::mqtt_side::{
     self, Backoff, ConnectionKind, IncomingPublish, MqttClient, MqttEvent, MqttEventLoop, PollError,
 };
 use crate::retry_queue::RetryQueue;
-use crate::routes::{Disposition, MqttMessage, ORIGIN_HEADER, dead_letter_headers};
+use bridge_core::routes::{Disposition, MqttMessage, ORIGIN_HEADER, dead_letter_headers};
 
 /// Metric reason of a retained message the broker sent again because a
 /// resumed MQTT 3.1.1 session re-subscribed (it reached Kafka before).

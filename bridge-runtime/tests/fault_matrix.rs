@@ -174,8 +174,10 @@ async fn ready_again(bridge: &Bridge, timeout: Duration) {
 }
 
 /// The bridge's `/report`, which the operator reads into the bridge's status.
-fn bridge_report(bridge: &Bridge) -> crds::report::BridgeReport {
-    let (status, body) = bridge.get(crds::report::REPORT_PATH).expect("/report");
+fn bridge_report(bridge: &Bridge) -> bridge_core::report::BridgeReport {
+    let (status, body) = bridge
+        .get(bridge_core::report::REPORT_PATH)
+        .expect("/report");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("/report is a BridgeReport")
 }

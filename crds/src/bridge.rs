@@ -13,6 +13,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use bridge_core::rules::REPLICAS;
+
 use crate::{KafkaSpec, MqttSpec, Route, SecretKeyRef};
 
 /// A bridge between one MQTT broker and one Kafka cluster, run by the operator
@@ -32,6 +34,10 @@ use crate::{KafkaSpec, MqttSpec, Route, SecretKeyRef};
         .message("metadata.name must be at most 55 characters: it names the bridge's Deployments and Service"),
     validation = kube::core::Rule::new("!has(self.spec.http) || !has(self.spec.template) || !has(self.spec.template.pod) || !has(self.spec.template.pod.hostNetwork) || !self.spec.template.pod.hostNetwork || self.spec.http.port + self.spec.replicas <= 65536")
         .message("spec.http.port + spec.replicas must stay within 65536: with hostNetwork slot N listens on port + N"),
+    // bridge_core::validate's rule for replicas × connections subscribers.
+    validation = kube::core::Rule::new("(has(self.spec.replicas) ? self.spec.replicas : 1) * (has(self.spec.mqtt.connections) ? self.spec.mqtt.connections : 1) <= 1 || has(self.spec.mqtt.sharedSubscriptionGroup) || !self.spec.routes.exists(r, has(r.mqttToKafka))")
+        .message("spec.mqtt.sharedSubscriptionGroup: required with more than one MQTT connection in all (spec.replicas × spec.mqtt.connections) when a route subscribes (mqttToKafka): without it every connection receives every message and Kafka gets duplicates")
+        .field_path(".spec.mqtt.sharedSubscriptionGroup"),
     doc = "MqttKafkaBridge carries messages between an MQTT broker and a Kafka cluster along its routes.",
     scale(
         spec_replicas_path = ".spec.replicas",
@@ -67,7 +73,7 @@ pub struct MqttKafkaBridgeSpec {
     /// Number of bridge pods. Each replica owns one stable slot (0..replicas-1),
     /// so its MQTT client ids survive restarts and rollouts.
     #[serde(default = "default_replicas")]
-    #[schemars(range(min = 0, max = 64))]
+    #[schemars(range(min = *REPLICAS.start(), max = *REPLICAS.end()))]
     pub replicas: i32,
     /// bridge-runtime container image; defaults to the operator's configured image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,11 +121,8 @@ impl Default for HttpSpec {
     }
 }
 
-/// Port of the bridge's HTTP endpoint unless `spec.http.port` says otherwise.
-pub const DEFAULT_HTTP_PORT: i32 = 8080;
-
 fn default_http_port() -> i32 {
-    DEFAULT_HTTP_PORT
+    i32::from(bridge_core::rules::DEFAULT_HTTP_PORT)
 }
 
 /// Templates of what the operator creates for a bridge.
@@ -240,7 +243,10 @@ impl MqttKafkaBridgeSpec {
     /// Port of the HTTP endpoint of `slot`: `http.port`, plus the slot with
     /// host networking (the pods share the node's ports).
     pub fn http_port(&self, slot: u32) -> i32 {
-        let base = self.http.as_ref().map_or(DEFAULT_HTTP_PORT, |h| h.port);
+        let base = self
+            .http
+            .as_ref()
+            .map_or_else(default_http_port, |h| h.port);
         if self.pod_template().host_network {
             base.saturating_add(i32::try_from(slot).unwrap_or(i32::MAX))
         } else {

@@ -73,18 +73,6 @@ impl Drop for Cleanup {
 }
 
 /// `target/<profile>/<name>`, built by `cargo test --workspace`.
-fn cargo_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} not found: `cargo xtask test` builds it (or `cargo build -p {name}`)",
-        path.display()
-    );
-    path
-}
-
 fn step(t0: Instant, what: &str) {
     eprintln!("e2e [{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
 }
@@ -346,7 +334,7 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
     let started = Instant::now();
     node::build_images(
         "e2e",
-        cargo_bin("bridge-runtime").parent().unwrap(),
+        testenv::cargo_bin("bridge-runtime").parent().unwrap(),
         &std::env::temp_dir().join(format!("mkb-{}", std::process::id())),
     )
     .unwrap();

@@ -263,16 +263,7 @@ pub fn cargo_bin_dir() -> PathBuf {
 }
 
 /// A binary of the workspace built by `cargo test --workspace`.
-pub fn cargo_bin(name: &str) -> PathBuf {
-    let path = cargo_bin_dir().join(name);
-    assert!(
-        path.is_file(),
-        "{} not found: `cargo xtask test` (cargo test --workspace) builds it; \
-         or run `cargo build -p {name}` first",
-        path.display()
-    );
-    path
-}
+pub use testenv::cargo_bin;
 
 /// The files of `deploy/` for `kubectl apply -f deploy/`: the chart rendered
 /// with default values, split by purpose. kubectl applies a directory's files

@@ -9,7 +9,7 @@
 //! are the same and the children on the server are still the versions its
 //! last apply left (a hand edit changes them, and is undone).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::build::{BRIDGE_LABEL, Children, SLOT_LABEL};
+use crate::build::{BRIDGE_LABEL, Children, SLOT_LABEL, mounted_config_map};
 use crate::error::{Error, Result};
 
 /// Versions of a bridge's children on the server, by `Kind/name`: the
@@ -92,9 +92,10 @@ impl AppliedByBridge {
     }
 }
 
-/// A hash of the children as built (only compared within one process);
-/// `None` if they cannot be serialized, and then they are always applied.
-pub fn children_hash(children: &Children) -> Option<u64> {
+/// A hash of the children as built and of the slot Deployments the rollout
+/// applies now (only compared within one process); `None` if they cannot be
+/// serialized, and then they are always applied.
+pub fn children_hash(children: &Children, to_apply: &[Deployment]) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     serde_json::to_vec(&children.config_map)
         .ok()?
@@ -102,7 +103,7 @@ pub fn children_hash(children: &Children) -> Option<u64> {
     serde_json::to_vec(&children.service)
         .ok()?
         .hash(&mut hasher);
-    for d in &children.deployments {
+    for d in to_apply {
         serde_json::to_vec(d).ok()?.hash(&mut hasher);
     }
     Some(hasher.finish())
@@ -176,7 +177,9 @@ where
     ))?;
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    Ok(api.patch(&name, &params, &Patch::Apply(obj)).await?)
+    api.patch(&name, &params, &Patch::Apply(obj))
+        .await
+        .map_err(|e| Error::step("apply", format!("{} {namespace}/{name}", K::kind(&())), e))
 }
 
 /// Applies the metrics Service. One made by an operator version before the
@@ -206,15 +209,17 @@ fn keeps_cluster_ip(live: &ServiceSpec) -> bool {
         .is_some_and(|ip| !ip.is_empty() && ip != "None")
 }
 
-/// Applies the ConfigMap and Service, then the slot Deployments (the pods
-/// mount the ConfigMap, so it goes first), and deletes those of `existing`
-/// (the bridge's slot Deployments as listed) beyond `replicas`. Returns the
-/// versions the applies left.
+/// Applies the ConfigMap and Service, then the slot Deployments `to_apply`
+/// (the rollout's choice among `children.deployments`; the pods mount the
+/// ConfigMap, so it goes first), deletes those of `existing` (the bridge's
+/// slot Deployments as listed) beyond `replicas` and the ConfigMaps no slot
+/// uses any more. Returns the versions the applies left.
 pub async fn apply_children(
     client: &Client,
     namespace: &str,
     bridge_uid: &str,
     children: &Children,
+    to_apply: &[Deployment],
     existing: &[Deployment],
 ) -> Result<ChildVersions> {
     let mut versions = ChildVersions::new();
@@ -228,7 +233,7 @@ pub async fn apply_children(
         version_key(&Service::kind(&()), &svc.name_any()),
         svc.resource_version().unwrap_or_default(),
     );
-    for d in &children.deployments {
+    for d in to_apply {
         let d = apply(client, namespace, d).await?;
         versions.insert(
             version_key("Deployment", &d.name_any()),
@@ -249,11 +254,74 @@ pub async fn apply_children(
                 Ok(_) => {}
                 // Listed from the watch cache: it may be gone already.
                 Err(kube::Error::Api(status)) if status.is_not_found() => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    return Err(Error::step(
+                        "delete scaled-down slot Deployment",
+                        format!("{namespace}/{}", d.name_any()),
+                        e,
+                    ));
+                }
             }
         }
     }
+    delete_unused_config_maps(client, namespace, bridge_uid, children, to_apply, existing).await?;
     Ok(versions)
+}
+
+/// Deletes the bridge's ConfigMaps that neither the current configuration
+/// nor any slot (rolled now, or still on a previous configuration) uses.
+async fn delete_unused_config_maps(
+    client: &Client,
+    namespace: &str,
+    bridge_uid: &str,
+    children: &Children,
+    to_apply: &[Deployment],
+    existing: &[Deployment],
+) -> Result<()> {
+    let slots = children.deployments.len();
+    let rolled: BTreeSet<String> = to_apply.iter().map(ResourceExt::name_any).collect();
+    let mut used: BTreeSet<String> = to_apply
+        .iter()
+        .chain(existing.iter().filter(|d| {
+            !rolled.contains(&d.name_any())
+                && crate::rollout::slot_of(*d).is_some_and(|s| (s as usize) < slots)
+        }))
+        .filter_map(|d| mounted_config_map(d).map(str::to_owned))
+        .collect();
+    used.insert(children.config_map.name_any());
+    let Some(bridge) = children.config_map.labels().get(BRIDGE_LABEL).cloned() else {
+        return Ok(());
+    };
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default()
+        .labels(&format!("{BRIDGE_LABEL}={bridge}"))
+        .match_any();
+    let listed = api.list_metadata(&params).await.map_err(|e| {
+        Error::step(
+            "list ConfigMaps of bridge",
+            format!("{namespace}/{bridge}"),
+            e,
+        )
+    })?;
+    for cm in listed.items {
+        let ours = cm.owner_references().iter().any(|o| o.uid == bridge_uid);
+        let name = cm.name_any();
+        if ours && !used.contains(&name) {
+            tracing::info!(config_map = %name, "deleting a configuration no slot uses");
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                Err(e) => {
+                    return Err(Error::step(
+                        "delete unused ConfigMap",
+                        format!("{namespace}/{name}"),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The slot Deployments of a bridge (by label).
@@ -264,7 +332,10 @@ pub async fn slot_deployments(api: &Api<Deployment>, bridge_name: &str) -> Resul
     let params = ListParams::default()
         .labels(&format!("{BRIDGE_LABEL}={bridge_name}"))
         .match_any();
-    Ok(api.list(&params).await?.items)
+    api.list(&params)
+        .await
+        .map(|l| l.items)
+        .map_err(|e| Error::step("list slot Deployments of bridge", bridge_name, e))
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::observe;
 use crate::resolve::{referenced_secret_names, resolve};
+use crate::rollout::{self, Rollout};
 use crate::status::{self, READY};
 use crate::validate::validate;
 
@@ -148,26 +149,44 @@ async fn reconcile_inner(
     // Resolve and validate; a user error leaves the running children alone.
     let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let outcome = match resolve(&secrets_api, &bridge.spec).await {
-        Ok(secrets) => validate(&bridge.spec).map(|()| secrets),
+        Ok(secrets) => validate(bridge, secrets),
         Err(e) => Err(e),
     };
     let deployments_api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let list_pods = || async {
+        let params = ListParams::default()
+            .labels(&pod_selector(&name))
+            .match_any();
+        pods_api
+            .list(&params)
+            .await
+            .map(|l| l.items)
+            .map_err(|e| Error::step("list the bridge's pods", &name, e))
+    };
+    let mut pods = None;
     // The slot Deployments as listed, still current for the status unless
     // this reconcile applied something.
     let mut listed = None;
+    let mut rollout = Rollout::Complete;
     let user_error = match outcome {
-        Ok(secrets) => {
-            let children = build::build(bridge, &secrets, &ctx.settings)?;
+        Ok(validated) => {
+            let children = build::build(&validated, &ctx.settings)?;
             let uid = bridge
                 .uid()
                 .ok_or_else(|| Error::missing(bridge, "metadata.uid"))?;
-            let hash = children_hash(&children);
             let existing = slot_deployments(&deployments_api, &name).await?;
+            let slot_pods = list_pods().await?;
+            let plan = rollout::plan(&children.deployments, &existing, &slot_pods);
+            rollout = plan.state;
+            let hash = children_hash(&children, &plan.apply);
             let live = live_versions(client, &ns, &children, &existing).await?;
             if hash.is_some_and(|h| ctx.applied.is_current(&uid, h, &live)) {
                 listed = Some(existing);
+                pods = Some(slot_pods);
             } else {
-                let versions = apply_children(client, &ns, &uid, &children, &existing).await?;
+                let versions =
+                    apply_children(client, &ns, &uid, &children, &plan.apply, &existing).await?;
                 if let Some(h) = hash {
                     ctx.applied.record(&uid, h, versions);
                 }
@@ -182,15 +201,10 @@ async fn reconcile_inner(
         Some(d) => d,
         None => slot_deployments(&deployments_api, &name).await?,
     };
-    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let pods = pods_api
-        .list(
-            &ListParams::default()
-                .labels(&pod_selector(&name))
-                .match_any(),
-        )
-        .await?
-        .items;
+    let pods = match pods {
+        Some(p) => p,
+        None => list_pods().await?,
+    };
     let reports = observe::pod_reports(&pods).await;
     let new = status::compute(
         bridge,
@@ -198,6 +212,7 @@ async fn reconcile_inner(
         &pods,
         &reports,
         user_error.as_ref(),
+        &rollout,
         status::now(),
     );
     if bridge.status.as_ref() != Some(&new) {

@@ -38,6 +38,18 @@ pub enum Error {
     /// A Kubernetes API call failed (usually transient).
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// A Kubernetes API call of a reconcile step failed: which step, on
+    /// which object (usually transient; same reason as [`Error::Kube`]).
+    #[error("{step} {object}: Kubernetes API: {source}")]
+    Step {
+        /// What the reconcile was doing, e.g. `apply Deployment`.
+        step: &'static str,
+        /// The object, `namespace/name` or a name.
+        object: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// The object lacks a field the apiserver always sets.
     #[error("{0} has no {1}")]
     MissingField(String, &'static str),
@@ -74,7 +86,7 @@ impl Error {
             Error::SecretKeyNotFound { .. } => "SecretKeyNotFound",
             Error::InvalidSpec { .. } => "InvalidSpec",
             Error::Serialize(_) => "SerializeFailed",
-            Error::Kube(_) => "KubernetesApiError",
+            Error::Kube(_) | Error::Step { .. } => "KubernetesApiError",
             Error::MissingField(..) => "MissingField",
             Error::CrdNotInstalled => "CrdNotInstalled",
             Error::CrdForbidden(_) => "CrdForbidden",
@@ -100,6 +112,15 @@ impl Error {
         Error::InvalidSpec {
             field: field.into(),
             message: message.into(),
+        }
+    }
+
+    /// An API error of `step` on `object`.
+    pub fn step(step: &'static str, object: impl std::fmt::Display, source: kube::Error) -> Self {
+        Error::Step {
+            step,
+            object: object.to_string(),
+            source,
         }
     }
 

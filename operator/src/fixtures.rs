@@ -39,3 +39,11 @@ pub fn password_spec() -> MqttKafkaBridgeSpec {
     }
     bridge.spec
 }
+
+/// A fixture bridge through `validate` (test fixtures are valid).
+pub fn validated(
+    bridge: &crds::MqttKafkaBridge,
+    secrets: crate::resolve::ResolvedSecrets,
+) -> crate::validate::ValidatedBridge {
+    crate::validate::validate(bridge, secrets).unwrap()
+}

@@ -1,7 +1,8 @@
 //! Reconciles `MqttKafkaBridge` resources into running bridge-runtime pods.
 //!
 //! One file per step of a reconcile: [`resolve`] (read referenced Secrets) →
-//! [`validate`] (what CEL cannot check) → [`build`] (pure child objects) →
+//! [`validate`] (`bridge_core`'s rules, into a `ValidatedBridge`) → [`build`]
+//! (pure child objects) → [`rollout`] (which slots get the change now) →
 //! [`apply`] (server-side apply) → [`observe`] (what the pods say of
 //! themselves) → [`status`] (conditions). [`controller`]
 //! wires them to the watches; [`run`] is the whole operator process minus
@@ -18,6 +19,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod resolve;
+pub mod rollout;
 pub mod status;
 pub mod validate;
 

@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::build::{SLOT_LABEL, pod_selector};
 use crate::error::Error;
 use crate::observe::PodReport;
+use crate::rollout::Rollout;
 
 /// Type of the summary condition.
 pub const READY: &str = "Ready";
@@ -49,6 +50,57 @@ pub fn rolled_out(d: &Deployment) -> bool {
         && status.updated_replicas.unwrap_or(0) == want
         && status.available_replicas.unwrap_or(0) == want
         && status.replicas.unwrap_or(0) == want
+}
+
+/// Reason of the Ready condition while a change waits for a failing slot.
+pub const ROLLOUT_HALTED: &str = "RolloutHalted";
+
+fn failing(pod: &Pod) -> bool {
+    failure_message(pod).is_some()
+}
+
+/// The Ready condition while a rollout is under way or halted.
+pub fn rolling(rollout: &Rollout) -> Option<Readiness> {
+    let waiting = |slot: u32, slots: u32| -> String {
+        let rest: Vec<String> = (slot + 1..slots).map(|s| s.to_string()).collect();
+        if rest.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; slot(s) {} keep running the previous configuration",
+                rest.join(", ")
+            )
+        }
+    };
+    match rollout {
+        Rollout::Complete => None,
+        Rollout::Progressing {
+            slot,
+            slots,
+            change,
+        } => Some(Readiness::new(
+            "False",
+            "Progressing",
+            format!(
+                "rolling out {change}: slot {slot} of 0..{}, one slot at a time{}",
+                slots.saturating_sub(1),
+                waiting(*slot, *slots)
+            ),
+        )),
+        Rollout::Halted {
+            slot,
+            slots,
+            change,
+            failure,
+        } => Some(Readiness::new(
+            "False",
+            ROLLOUT_HALTED,
+            format!(
+                "rollout of {change} halted at slot {slot}: {failure}{}; fix the spec or the Secret and the rollout resumes",
+                waiting(*slot, *slots)
+            ),
+        )),
+    }
 }
 
 /// A pod's termination message, when its bridge container failed.
@@ -246,12 +298,16 @@ pub fn compute(
     pods: &[Pod],
     reports: &[PodReport],
     error: Option<&Error>,
+    rollout: &Rollout,
     now: Time,
 ) -> MqttKafkaBridgeStatus {
     let old = bridge.status.clone().unwrap_or_default();
     let generation = bridge.metadata.generation;
     let desired = bridge.spec.replicas;
-    let r = readiness(desired, deployments, pods, reports, error);
+    let r = match (error, rolling(rollout)) {
+        (None, Some(r)) if r.reason == ROLLOUT_HALTED || !pods.iter().any(failing) => r,
+        _ => readiness(desired, deployments, pods, reports, error),
+    };
     let sum = |f: fn(&k8s_openapi::api::apps::v1::DeploymentStatus) -> Option<i32>| {
         deployments
             .iter()
@@ -401,7 +457,7 @@ mod tests {
         let ds = [slot(0, 2, 1, 1)];
         let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(1000).unwrap());
         let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(2000).unwrap());
-        let first = compute(&bridge, &ds, &[], &[], None, t0.clone());
+        let first = compute(&bridge, &ds, &[], &[], None, &Rollout::Complete, t0.clone());
         assert_eq!(first.replicas_summary.as_deref(), Some("1/1"));
         assert_eq!(
             first.label_selector.as_deref(),
@@ -410,11 +466,19 @@ mod tests {
         let c = first.condition(READY).unwrap();
         assert_eq!(c.observed_generation, Some(3));
         bridge.status = Some(first.clone());
-        let second = compute(&bridge, &ds, &[], &[], None, t1.clone());
+        let second = compute(&bridge, &ds, &[], &[], None, &Rollout::Complete, t1.clone());
         assert_eq!(first, second);
         // A flip moves lastTransitionTime.
         let down = [slot(0, 2, 0, 1)];
-        let third = compute(&bridge, &down, &[], &[], None, t1.clone());
+        let third = compute(
+            &bridge,
+            &down,
+            &[],
+            &[],
+            None,
+            &Rollout::Complete,
+            t1.clone(),
+        );
         assert_eq!(third.condition(READY).unwrap().last_transition_time, t1);
     }
 
@@ -464,7 +528,15 @@ mod tests {
         let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(1000).unwrap());
         let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(2000).unwrap());
         let quiet = report("b-0-x", serde_json::json!({"ready": true}));
-        let first = compute(&bridge, &ds, &[], &[quiet], None, t0.clone());
+        let first = compute(
+            &bridge,
+            &ds,
+            &[],
+            &[quiet],
+            None,
+            &Rollout::Complete,
+            t0.clone(),
+        );
         let c = first.condition(MESSAGES_DROPPED).unwrap();
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
@@ -478,7 +550,15 @@ mod tests {
                     "count": count, "route": "in", "reason": "too_large", "secondsAgo": ago}}),
             )
         };
-        let second = compute(&bridge, &ds, &[], &[dropping(1, 0)], None, t1.clone());
+        let second = compute(
+            &bridge,
+            &ds,
+            &[],
+            &[dropping(1, 0)],
+            None,
+            &Rollout::Complete,
+            t1.clone(),
+        );
         let c = second.condition(MESSAGES_DROPPED).unwrap();
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
@@ -493,10 +573,18 @@ mod tests {
         assert_eq!(second.condition(READY).unwrap().status, "True");
         bridge.status = Some(second.clone());
         // More drops later: an equal status, so no write and no new reconcile.
-        let third = compute(&bridge, &ds, &[], &[dropping(40, 3)], None, t1);
+        let third = compute(
+            &bridge,
+            &ds,
+            &[],
+            &[dropping(40, 3)],
+            None,
+            &Rollout::Complete,
+            t1,
+        );
         assert_eq!(third, second);
         // No pod answered: what was known stays.
-        let fourth = compute(&bridge, &ds, &[], &[], None, t0);
+        let fourth = compute(&bridge, &ds, &[], &[], None, &Rollout::Complete, t0);
         assert_eq!(
             fourth.condition(MESSAGES_DROPPED),
             second.condition(MESSAGES_DROPPED)

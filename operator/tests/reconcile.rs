@@ -67,8 +67,7 @@ async fn examples_produce_their_children_and_become_ready() {
         apply_bridge(&client, &ns, yaml).await;
         wait_ready(&client, &ns, name, "True", "Available").await;
 
-        let cm: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        let cm = cm.get(&format!("{name}-config")).await.unwrap();
+        let cm = current_config_map(&client, &ns, name).await;
         let config = &cm.data.unwrap()["bridge.yaml"];
         let parsed: crds::BridgeConfig = serde_yaml::from_str(config).unwrap();
         assert_eq!(parsed.mqtt.client_id_prefix, name);
@@ -83,11 +82,8 @@ async fn examples_produce_their_children_and_become_ready() {
         let svc: Api<Service> = Api::namespaced(client.clone(), &ns);
         svc.get(&format!("{name}-metrics")).await.unwrap();
     }
-    let hivemq_config: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let text = hivemq_config
-        .get("hivemq-confluent-config")
+    let text = current_config_map(&client, &ns, "hivemq-confluent")
         .await
-        .unwrap()
         .data
         .unwrap()["bridge.yaml"]
         .clone();
@@ -495,7 +491,11 @@ async fn hand_edits_of_children_are_undone() {
     let deploy: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let dep_name = operator::build::deployment_name(name, 0);
-    let cm_name = operator::build::config_map_name(name);
+    let cm_name = current_config_map(&client, &ns, name)
+        .await
+        .metadata
+        .name
+        .unwrap();
     let cm_before = cms.get(&cm_name).await.unwrap().data;
 
     // Someone scales the slot Deployment to 0 and edits the configuration.
@@ -562,11 +562,10 @@ async fn deleting_the_bridge_deletes_its_children() {
         .delete(name, &DeleteParams::default())
         .await
         .unwrap();
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
     wait_for("garbage collection", Duration::from_secs(60), || async {
         let gone = deployments(&client, &ns, name).await.is_empty()
-            && cms.get_opt("current-sensor-config").await.ok()?.is_none()
+            && config_map_names(&client, &ns, name).await.is_empty()
             && svcs.get_opt("current-sensor-metrics").await.ok()?.is_none();
         gone.then_some(())
     })
@@ -599,14 +598,9 @@ async fn a_bridge_being_deleted_gets_no_new_children() {
         .delete(name, &DeleteParams::foreground())
         .await
         .unwrap();
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let children_gone = || async {
         deployments(&client, &ns, name).await.is_empty()
-            && cms
-                .get_opt("current-sensor-config")
-                .await
-                .unwrap()
-                .is_none()
+            && config_map_names(&client, &ns, name).await.is_empty()
     };
     wait_for("garbage collection", Duration::from_secs(60), || async {
         children_gone().await.then_some(())

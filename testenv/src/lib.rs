@@ -310,3 +310,21 @@ fn run_mqtt_acl_reset() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A binary of this workspace, built by `cargo test --workspace` (or
+/// `cargo build -p <name>`) next to the test executables' directory.
+pub fn cargo_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: `cargo xtask test` builds it (or `cargo build -p {name}`)",
+        path.display()
+    );
+    path
+}

@@ -48,7 +48,7 @@ pub fn config_map(owner: &Owner, spec: &MqttKafkaBridgeSpec) -> Result<(ConfigMa
         BTreeMap::from([(CONFIG_KEY.to_string(), slot0)])
     };
     let config_map = ConfigMap {
-        metadata: owner.meta(config_map_name(&owner.name)),
+        metadata: owner.meta(config_map_name(&owner.name, &hash)),
         data: Some(data),
         ..Default::default()
     };

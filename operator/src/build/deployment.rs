@@ -16,14 +16,16 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::config::{
     CONFIG_DIR, HOST_NETWORK_HTTP_HOST, SECRETS_DIR, TERMINATION_MESSAGE_PATH, config_key,
 };
+use sha2::{Digest, Sha256};
+
 use super::{
-    BRIDGE_LABEL, BuildSettings, CONFIG_HASH_ANNOTATION, Owner, SECRET_VERSIONS_ANNOTATION,
-    SLOT_LABEL, config_map_name, deployment_name,
+    BRIDGE_LABEL, BuildSettings, CONFIG_HASH_ANNOTATION, Owner, REVISION_ANNOTATION,
+    SECRET_VERSIONS_ANNOTATION, SLOT_LABEL, config_map_name, deployment_name,
 };
 use crate::resolve::ResolvedSecrets;
 
 /// Environment variable telling bridge-runtime its slot.
-pub const SLOT_ENV: &str = "BRIDGE_SLOT";
+pub use bridge_core::rules::SLOT_ENV;
 /// Non-root user and group the bridge runs as.
 const RUN_AS: i64 = 65532;
 
@@ -56,7 +58,7 @@ pub fn deployment(
     pod_annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.into());
     pod_annotations.insert(SECRET_VERSIONS_ANNOTATION.into(), secrets.versions.clone());
 
-    let (volumes, mounts) = volumes(&owner.name, secrets);
+    let (volumes, mounts) = volumes(&config_map_name(&owner.name, config_hash), secrets);
     let http_port = spec.http_port(slot);
     // With host networking the endpoint listens on the node's loopback: the
     // kubelet, on the node, probes it there.
@@ -73,7 +75,7 @@ pub fn deployment(
         args: Some(vec!["run".into()]),
         env: Some(vec![
             EnvVar {
-                name: "BRIDGE_CONFIG".into(),
+                name: bridge_core::rules::CONFIG_ENV.into(),
                 value: Some(format!("{CONFIG_DIR}/{}", config_key(spec, slot))),
                 ..Default::default()
             },
@@ -112,7 +114,7 @@ pub fn deployment(
         ..Default::default()
     };
 
-    Deployment {
+    let mut deployment = Deployment {
         metadata: meta,
         spec: Some(DeploymentSpec {
             replicas: Some(1),
@@ -126,6 +128,8 @@ pub fn deployment(
                 ..Default::default()
             }),
             revision_history_limit: Some(3),
+            // A slot not Ready this long halts the rollout (`rollout`).
+            progress_deadline_seconds: Some(PROGRESS_DEADLINE_SECONDS),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
@@ -166,7 +170,40 @@ pub fn deployment(
             ..Default::default()
         }),
         ..Default::default()
+    };
+    stamp_revision(&mut deployment);
+    deployment
+}
+
+/// How long a rolled slot may take to become Ready before its rollout
+/// halts (the Deployment's `progressDeadlineSeconds`). A crash-looping pod
+/// halts it at once.
+pub const PROGRESS_DEADLINE_SECONDS: i32 = 180;
+
+/// Puts the hash of the pod template on the Deployment and its template.
+fn stamp_revision(deployment: &mut Deployment) {
+    let Some(spec) = deployment.spec.as_mut() else {
+        return;
+    };
+    let revision = serde_json::to_vec(&spec.template)
+        .map(|bytes| {
+            let digest = Sha256::digest(&bytes);
+            digest[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    if let Some(meta) = spec.template.metadata.as_mut() {
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(REVISION_ANNOTATION.into(), revision.clone());
     }
+    deployment
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(REVISION_ANNOTATION.into(), revision);
 }
 
 fn non_empty(m: BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
@@ -190,12 +227,12 @@ fn probe(path: &str, period: i32, failures: i32, host: Option<String>) -> Probe 
 
 /// The configuration volume, one volume per referenced Secret (only the
 /// referenced keys, read-only) and a writable `/tmp`.
-fn volumes(bridge_name: &str, secrets: &ResolvedSecrets) -> (Vec<Volume>, Vec<VolumeMount>) {
+fn volumes(config_map: &str, secrets: &ResolvedSecrets) -> (Vec<Volume>, Vec<VolumeMount>) {
     let mut volumes = vec![
         Volume {
             name: "config".into(),
             config_map: Some(ConfigMapVolumeSource {
-                name: config_map_name(bridge_name),
+                name: config_map.to_owned(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -284,7 +321,7 @@ mod tests {
     #[test]
     fn one_deployment_per_slot_with_its_slot() {
         let bridge = fixtures::hivemq_confluent();
-        let children = build(&bridge, &resolved(), &settings()).unwrap();
+        let children = build(&fixtures::validated(&bridge, resolved()), &settings()).unwrap();
         assert_eq!(children.deployments.len(), 2);
         for (slot, d) in children.deployments.iter().enumerate() {
             assert_eq!(
@@ -314,7 +351,7 @@ mod tests {
     #[test]
     fn pod_is_locked_down_and_probed() {
         let bridge = fixtures::hivemq_confluent();
-        let d = &build(&bridge, &resolved(), &settings())
+        let d = &build(&fixtures::validated(&bridge, resolved()), &settings())
             .unwrap()
             .deployments[0];
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
@@ -379,9 +416,12 @@ mod tests {
             pod: Some(template),
         });
         bridge.spec.image = Some("custom:1".into());
-        let d = &build(&bridge, &ResolvedSecrets::default(), &settings())
-            .unwrap()
-            .deployments[0];
+        let d = &build(
+            &fixtures::validated(&bridge, ResolvedSecrets::default()),
+            &settings(),
+        )
+        .unwrap()
+        .deployments[0];
         let t = &d.spec.as_ref().unwrap().template;
         let labels = t.metadata.as_ref().unwrap().labels.as_ref().unwrap();
         assert_eq!(labels[BRIDGE_LABEL], "current-sensor");
@@ -404,7 +444,11 @@ mod tests {
             }),
         });
         bridge.spec.http = Some(crds::HttpSpec { port: 18080 });
-        let children = build(&bridge, &ResolvedSecrets::default(), &settings()).unwrap();
+        let children = build(
+            &fixtures::validated(&bridge, ResolvedSecrets::default()),
+            &settings(),
+        )
+        .unwrap();
         for (slot, d) in children.deployments.iter().enumerate() {
             let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
             assert_eq!(pod.host_network, Some(true));

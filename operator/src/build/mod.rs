@@ -12,7 +12,11 @@
 //! - `Recreate` stops the old pod before the new one starts, so two live
 //!   pods never share a slot (a rolling update would briefly run both);
 //! - scaling up adds Deployments for new slots, scaling down deletes the
-//!   highest slots; surviving slots are not touched.
+//!   highest slots; surviving slots are not touched;
+//! - a change reaches the slots one at a time (`rollout`): each
+//!   Deployment carries the [`REVISION_ANNOTATION`] of its pod template,
+//!   and each configuration its own ConfigMap `<bridge>-config-<hash>`, so
+//!   slots not rolled yet keep running the previous one.
 
 pub mod config;
 pub mod deployment;
@@ -27,7 +31,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 
 use crate::error::{Error, Result};
-use crate::resolve::ResolvedSecrets;
+use crate::validate::ValidatedBridge;
 
 /// Label naming the bridge a child belongs to (selector of all its pods).
 pub const BRIDGE_LABEL: &str = "mqttkafka.io/bridge";
@@ -38,8 +42,12 @@ pub const CONFIG_HASH_ANNOTATION: &str = "mqttkafka.io/config-hash";
 /// Pod-template annotation: uid and resourceVersion of each referenced
 /// Secret (see `resolve`), so a changed Secret rolls the pods.
 pub const SECRET_VERSIONS_ANNOTATION: &str = "mqttkafka.io/secret-versions";
-/// The bridge's HTTP port (`/healthz`, `/readyz`, `/metrics`).
-pub const HTTP_PORT: i32 = 8080;
+/// Deployment and pod-template annotation: a hash of the slot's pod
+/// template, which `rollout` compares to tell a rolled slot from one that
+/// still runs the previous template.
+pub const REVISION_ANNOTATION: &str = "mqttkafka.io/revision";
+/// The bridge's default HTTP port (`/healthz`, `/readyz`, `/metrics`).
+pub const HTTP_PORT: i32 = bridge_core::rules::DEFAULT_HTTP_PORT as i32;
 /// Value of `app.kubernetes.io/managed-by`.
 pub const MANAGER: &str = "mqtt-kafka-operator";
 
@@ -50,10 +58,10 @@ pub struct BuildSettings {
     pub default_image: String,
 }
 
-/// Every object a bridge owns.
+/// Every object a bridge owns, as the current spec wants them.
 #[derive(Clone, Debug)]
 pub struct Children {
-    /// The bridge-runtime configuration.
+    /// The bridge-runtime configuration (named by its hash).
     pub config_map: ConfigMap,
     /// One Deployment per slot, slot 0 first.
     pub deployments: Vec<Deployment>,
@@ -61,24 +69,27 @@ pub struct Children {
     pub service: Service,
 }
 
-/// Builds all children of a bridge.
-pub fn build(
-    bridge: &MqttKafkaBridge,
-    secrets: &ResolvedSecrets,
-    settings: &BuildSettings,
-) -> Result<Children> {
-    let owner = Owner::of(bridge)?;
-    let (config_map, config_hash) = config::config_map(&owner, &bridge.spec)?;
+/// Builds all children of a validated bridge.
+pub fn build(bridge: &ValidatedBridge, settings: &BuildSettings) -> Result<Children> {
+    let owner = &bridge.owner;
+    let (config_map, config_hash) = config::config_map(owner, &bridge.spec)?;
     let slots = u32::try_from(bridge.spec.replicas).unwrap_or(0);
     let deployments = (0..slots)
         .map(|slot| {
-            deployment::deployment(&owner, &bridge.spec, slot, &config_hash, secrets, settings)
+            deployment::deployment(
+                owner,
+                &bridge.spec,
+                slot,
+                &config_hash,
+                &bridge.secrets,
+                settings,
+            )
         })
         .collect();
     Ok(Children {
         config_map,
         deployments,
-        service: service::service(&owner),
+        service: service::service(owner),
     })
 }
 
@@ -144,9 +155,24 @@ pub fn pod_selector(bridge_name: &str) -> String {
     format!("{BRIDGE_LABEL}={bridge_name}")
 }
 
-/// Name of the ConfigMap of a bridge.
-pub fn config_map_name(bridge_name: &str) -> String {
-    format!("{bridge_name}-config")
+/// Name of the ConfigMap holding the configuration with `config_hash`:
+/// one per configuration, so pods of slots not rolled yet keep theirs.
+pub fn config_map_name(bridge_name: &str, config_hash: &str) -> String {
+    let short = config_hash.get(..10).unwrap_or(config_hash);
+    format!("{bridge_name}-config-{short}")
+}
+
+/// The ConfigMap a slot Deployment mounts (its configuration).
+pub fn mounted_config_map(d: &Deployment) -> Option<&str> {
+    d.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .volumes
+        .as_ref()?
+        .iter()
+        .find_map(|v| v.config_map.as_ref().map(|c| c.name.as_str()))
 }
 
 /// Name of the Deployment of a slot.

@@ -11,7 +11,7 @@ use crds::MqttKafkaBridge;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -635,4 +635,29 @@ pub fn assert_no_form(what: &str, text: &str, forms: &[(String, String)]) {
     for (label, form) in forms {
         assert!(!text.contains(form.as_str()), "{label} appears in {what}");
     }
+}
+
+/// The ConfigMap slot 0 of bridge `name` mounts (its configuration).
+pub async fn current_config_map(client: &Client, ns: &str, name: &str) -> ConfigMap {
+    let deploy: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let d = deploy
+        .get(&operator::build::deployment_name(name, 0))
+        .await
+        .unwrap();
+    let cm = operator::build::mounted_config_map(&d).unwrap().to_owned();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    cms.get(&cm).await.unwrap()
+}
+
+/// Names of the ConfigMaps of bridge `name`.
+pub async fn config_map_names(client: &Client, ns: &str, name: &str) -> Vec<String> {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let params = ListParams::default().labels(&operator::build::pod_selector(name));
+    cms.list(&params)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect()
 }

@@ -100,7 +100,7 @@ pub enum LogFormat {
 }
 
 fn default_http_address() -> String {
-    "0.0.0.0:8080".to_owned()
+    format!("0.0.0.0:{}", crate::rules::DEFAULT_HTTP_PORT)
 }
 fn default_shutdown_grace_period_seconds() -> u32 {
     30
@@ -121,3 +121,49 @@ pub const DEFAULT_MQTT_RECEIVE_MAXIMUM: u16 = 10_000;
 fn default_max_in_flight_publishes() -> u32 {
     1000
 }
+
+/// A `MqttKafkaBridge` custom resource as a file (`kubectl apply -f` form),
+/// read by `bridge-runtime check` so a user can try a manifest before
+/// applying it, with the very rules the operator runs. Only the
+/// Kubernetes-free part of the spec is read; the rest (`image`,
+/// `resources`, `template`, `http`) is the CRD's and the operator's to check.
+#[derive(Clone, Debug, Deserialize)]
+pub struct BridgeManifest {
+    /// Must be `MqttKafkaBridge`.
+    pub kind: String,
+    /// `metadata.name`, when given.
+    #[serde(default)]
+    pub metadata: ManifestMetadata,
+    /// The spec.
+    pub spec: ManifestSpec,
+}
+
+/// The name of a [`BridgeManifest`].
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ManifestMetadata {
+    /// `metadata.name`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The Kubernetes-free part of a `MqttKafkaBridge` spec.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestSpec {
+    /// Number of bridge pods.
+    #[serde(default = "default_replicas")]
+    pub replicas: i32,
+    /// The MQTT broker.
+    pub mqtt: crate::MqttSpec<crate::SecretKeyRef>,
+    /// The Kafka cluster.
+    pub kafka: crate::KafkaSpec<crate::SecretKeyRef>,
+    /// The routes.
+    pub routes: Vec<Route>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// Kind of the custom resource.
+pub const BRIDGE_KIND: &str = "MqttKafkaBridge";

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::rules::*;
+
 /// How to reach Kafka. `S` names a secret: [`crate::SecretKeyRef`] in the
 /// custom resource, [`crate::SecretSource`] in the runtime file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -13,10 +15,7 @@ use serde::{Deserialize, Serialize};
 #[serde(bound(deserialize = "S: Deserialize<'de>"))]
 pub struct KafkaSpec<S> {
     /// Comma-separated `host:port` list of bootstrap brokers.
-    #[schemars(
-        length(min = 1, max = 1024),
-        regex(pattern = r"^[^,\s]+:[0-9]{1,5}(,[^,\s]+:[0-9]{1,5})*$")
-    )]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = BOOTSTRAP_SERVERS_PATTERN))]
     pub bootstrap_servers: String,
     /// TLS to the brokers (security protocol SSL or SASL_SSL). Absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,10 +33,13 @@ pub struct KafkaSpec<S> {
     /// secrets (`sasl.password`, `ssl.key.password`, …) are refused here: use the secret fields.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend(
-        "maxProperties" = 64,
+        "maxProperties" = MAX_PROPERTIES,
         "x-kubernetes-validations" = [{
             "rule": secret_property_rule(),
             "message": "kafka.properties must not carry a secret (sasl.password, ssl.key.password, ssl.key.pem, sasl.oauthbearer.config, any key containing password, secret or passphrase, …): use kafka.authentication.passwordSecret or kafka.tls instead"
+        }, {
+            "rule": managed_property_rule(),
+            "message": "kafka.properties must not set what the bridge manages (acks, enable.idempotence, linger.ms, compression.type, group.id, enable.auto.commit, message.max.bytes, …): use kafka.producer, kafka.consumer, kafka.authentication or kafka.tls"
         }]
     ))]
     pub properties: BTreeMap<String, String>,
@@ -168,23 +170,23 @@ pub struct ProducerSettings {
     /// and saved the bridge and the Kafka broker a sixth of their CPU, which
     /// lowered the p99 on a busy machine (63 → 31 ms in the reference benchmark).
     #[serde(default = "default_linger_ms")]
-    #[schemars(range(max = 60_000))]
+    #[schemars(range(min = *LINGER_MS.start(), max = *LINGER_MS.end()))]
     pub linger_ms: u32,
     /// Upper bound of records held by the producer (sent or waiting); the bridge
     /// stops taking MQTT messages while it is reached.
     #[serde(default = "default_max_in_flight_records")]
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = *MAX_IN_FLIGHT_RECORDS.start(), max = *MAX_IN_FLIGHT_RECORDS.end()))]
     pub max_in_flight_records: u32,
     /// Upper bound of the producer queue in KiB (librdkafka `queue.buffering.max.kbytes`).
     #[serde(default = "default_queue_max_kbytes")]
-    #[schemars(range(min = 1, max = 2_097_151))]
+    #[schemars(range(min = *QUEUE_MAX_KBYTES.start(), max = *QUEUE_MAX_KBYTES.end()))]
     pub queue_max_kbytes: u32,
     /// How long a record may take to be acknowledged before it counts as failed
     /// (librdkafka `delivery.timeout.ms`); a failed record is held and sent
     /// again, before any later record of its topic (per-key order), never
     /// acknowledged to MQTT meanwhile.
     #[serde(default = "default_delivery_timeout_ms")]
-    #[schemars(range(min = 1000, max = 2_147_483_647))]
+    #[schemars(range(min = *DELIVERY_TIMEOUT_MS.start(), max = *DELIVERY_TIMEOUT_MS.end()))]
     pub delivery_timeout_ms: u32,
     /// Largest record the bridge produces, in bytes (librdkafka
     /// `message.max.bytes`; keep it at or below the topics' `max.message.bytes`).
@@ -192,7 +194,7 @@ pub struct ProducerSettings {
     /// topic (payload cut to fit, `x-bridge-error: too_large`) or is dropped
     /// and counted — never retried, never blocking the messages behind it.
     #[serde(default = "default_max_message_bytes")]
-    #[schemars(range(min = 1000, max = 1_000_000_000))]
+    #[schemars(range(min = *MAX_MESSAGE_BYTES.start(), max = *MAX_MESSAGE_BYTES.end()))]
     pub max_message_bytes: u32,
 }
 

@@ -3,18 +3,22 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::rules::*;
+
 /// How to reach the MQTT broker. `S` names a secret: [`crate::SecretKeyRef`]
 /// in the custom resource, [`crate::SecretSource`] in the runtime file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": r#"self.url.matches(r'^mqtts?://([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$')"#,
-        "message": "mqtt.url must be mqtt://host[:port] or mqtts://host[:port]"
+        "rule": matches_rule("url", MQTT_URL_PATTERN),
+        "message": "mqtt.url must be mqtt://host[:port] or mqtts://host[:port] (port up to 65535; credentials go in mqtt.authentication)",
+        "fieldPath": ".url"
     },
     {
         "rule": "!has(self.tls) || self.url.startsWith('mqtts://')",
-        "message": "mqtt.tls needs an mqtts:// url"
+        "message": "mqtt.tls needs an mqtts:// url",
+        "fieldPath": ".tls"
     }
 ]))]
 // `S` needs no `Default`: absent optional secrets deserialize to `None`.
@@ -29,11 +33,17 @@ pub struct MqttSpec<S> {
     /// Client ids are `<clientIdPrefix>-<slot>-<connection>`. Must stay the same
     /// across restarts so the broker keeps the persistent session and its queued messages.
     /// Letters, digits, `.`, `_` and `-`; short enough that the whole id stays within 64 characters.
-    #[schemars(length(min = 1, max = 48), regex(pattern = r"^[A-Za-z0-9._-]+$"))]
+    #[schemars(
+        length(
+            min = *CLIENT_ID_PREFIX_LENGTH.start(),
+            max = *CLIENT_ID_PREFIX_LENGTH.end()
+        ),
+        regex(pattern = CLIENT_ID_PREFIX_PATTERN)
+    )]
     pub client_id_prefix: String,
     /// Keep-alive interval in seconds.
     #[serde(default = "default_keep_alive_seconds")]
-    #[schemars(range(min = 5, max = 3600))]
+    #[schemars(range(min = *KEEP_ALIVE_SECONDS.start(), max = *KEEP_ALIVE_SECONDS.end()))]
     pub keep_alive_seconds: u16,
     /// How long the broker keeps the session (and queues QoS 1/2 messages for it)
     /// while the bridge is disconnected. MQTT 5 only; MQTT 3.1.1 sessions persist until cleaned.
@@ -42,14 +52,14 @@ pub struct MqttSpec<S> {
     /// When set, subscriptions are shared (`$share/<group>/<filter>`) so that
     /// several connections and replicas split the messages between them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[^/+#]+$"))]
+    #[schemars(length(min = 1, max = 64), regex(pattern = SHARED_GROUP_PATTERN))]
     pub shared_subscription_group: Option<String>,
     /// MQTT connections per replica, in each direction. Each connection has its
     /// own in-flight window at the broker: MQTT→Kafka subscribes on each (with a
     /// shared subscription they split the messages), Kafka→MQTT publishes each
     /// Kafka partition over one of them.
     #[serde(default = "default_connections")]
-    #[schemars(range(min = 1, max = 64))]
+    #[schemars(range(min = *CONNECTIONS.start(), max = *CONNECTIONS.end()))]
     pub connections: u16,
     /// TLS settings for `mqtts://` URLs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,7 +75,7 @@ pub struct MqttSpec<S> {
     /// itself accepts packets up to MQTT's maximum either way, so an oversized
     /// message never breaks the connection. Absent: only the broker's limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 128, max = 268_435_455))]
+    #[schemars(range(min = *MAX_PACKET_BYTES.start(), max = *MAX_PACKET_BYTES.end()))]
     pub max_packet_bytes: Option<u32>,
 }
 

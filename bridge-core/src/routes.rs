@@ -5,12 +5,18 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crds::{KafkaKeyType, Route};
+use crate::{KafkaKeyType, Route};
 
-use crate::error::BridgeError;
+use crate::error::SpecError;
 use crate::json_field::json_field_text_in;
-use crate::topic::{
-    KafkaTopicTemplate, MqttTopicTemplate, TopicFilter, Unresolved, validate_kafka_topic,
+use crate::rules::{
+    KAFKA_TOPIC_LENGTH, KAFKA_TOPICS_PER_ROUTE, KEY_LEVEL, MQTT_TOPIC_FILTER_LENGTH,
+    MQTT_TOPIC_TEMPLATE_LENGTH, QOS, ROUTE_NAME_LENGTH,
+};
+use crate::topic::{KafkaTopicTemplate, MqttTopicTemplate, TopicFilter, Unresolved};
+use crate::validate::{
+    JSON_FIELD, KAFKA_TOPIC, KAFKA_TOPIC_TEMPLATE, MQTT_TOPIC_FILTER, MQTT_TOPIC_TEMPLATE,
+    ROUTE_NAME, check_length,
 };
 
 /// Header (Kafka) and user property (MQTT 5) marking what this bridge
@@ -142,55 +148,68 @@ pub struct PublishPlan {
 }
 
 impl RouteTable {
-    /// Compiles and checks the configured routes.
-    pub fn compile(routes: &[Route]) -> Result<Self, BridgeError> {
+    /// Compiles and checks the configured routes (the rules of
+    /// [`crate::rules`]; fields named `routes[i]…`).
+    pub fn compile(routes: &[Route]) -> Result<Self, SpecError> {
         let mut table = Self::default();
         let mut names = HashSet::new();
         for (i, route) in routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            if route.name.is_empty()
-                || !route
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            {
-                return Err(BridgeError::invalid(
+            check_length(&format!("{at}.name"), &route.name, &ROUTE_NAME_LENGTH)?;
+            if !ROUTE_NAME.matches(&route.name) {
+                return Err(SpecError::new(
                     format!("{at}.name"),
-                    "must be non-empty and use only a-z A-Z 0-9 - _ .",
+                    "must use lower-case letters, digits and `-`, starting and ending with a letter or digit",
                 ));
             }
             if !names.insert(route.name.as_str()) {
-                return Err(BridgeError::invalid(
+                return Err(SpecError::new(
                     format!("{at}.name"),
                     format!("duplicate route name `{}`", route.name),
                 ));
             }
             if let Some(dl) = &route.dead_letter_topic {
-                validate_kafka_topic(dl)
-                    .map_err(|m| BridgeError::invalid(format!("{at}.deadLetterTopic"), m))?;
+                check_kafka_topic(&format!("{at}.deadLetterTopic"), dl)?;
             }
             match (&route.mqtt_to_kafka, &route.kafka_to_mqtt) {
                 (Some(m), None) => {
                     let at = format!("{at}.mqttToKafka");
+                    let field = format!("{at}.mqttTopicFilter");
+                    check_length(&field, &m.mqtt_topic_filter, &MQTT_TOPIC_FILTER_LENGTH)?;
+                    if !MQTT_TOPIC_FILTER.matches(&m.mqtt_topic_filter) {
+                        return Err(SpecError::new(
+                            field,
+                            "`+` and `#` must take a whole level and `#` must be the last level",
+                        ));
+                    }
                     let filter = TopicFilter::parse(&m.mqtt_topic_filter)
-                        .map_err(|e| BridgeError::invalid(format!("{at}.mqttTopicFilter"), e))?;
+                        .map_err(|e| SpecError::new(field, e))?;
                     check_qos(m.qos, &at)?;
+                    let field = format!("{at}.kafkaTopic");
+                    check_length(&field, &m.kafka_topic, &KAFKA_TOPIC_LENGTH)?;
+                    if !KAFKA_TOPIC_TEMPLATE.matches(&m.kafka_topic) {
+                        return Err(SpecError::new(
+                            field,
+                            "may use only a-z A-Z 0-9 . _ - and wildcard levels {1}, {2}, …",
+                        ));
+                    }
                     let kafka_topic = KafkaTopicTemplate::parse(&m.kafka_topic, &filter)
-                        .map_err(|e| BridgeError::invalid(format!("{at}.kafkaTopic"), e))?;
+                        .map_err(|e| SpecError::new(field, e))?;
                     let key = match m.key.kind {
                         KafkaKeyType::None => KeyRule::None,
                         KafkaKeyType::MqttTopic => KeyRule::MqttTopic,
                         KafkaKeyType::TopicLevel => {
                             let count = filter.wildcard_count();
                             match m.key.level {
-                                Some(l) if l >= 1 && usize::from(l) <= count => {
+                                Some(l) if KEY_LEVEL.contains(&l) && usize::from(l) <= count => {
                                     KeyRule::Level(usize::from(l))
                                 }
                                 other => {
-                                    return Err(BridgeError::invalid(
+                                    return Err(SpecError::new(
                                         format!("{at}.key.level"),
                                         format!(
-                                            "{} but the filter `{filter}` has {count} wildcard level(s)",
+                                            "{} but the filter `{filter}` has {count} wildcard level(s): \
+                                             name one of them (1 = the first wildcard)",
                                             other.map_or("missing".to_owned(), |l| format!(
                                                 "level {l}"
                                             ))
@@ -200,13 +219,13 @@ impl RouteTable {
                             }
                         }
                         KafkaKeyType::JsonField => match &m.key.field {
-                            Some(f) if !f.split('.').any(str::is_empty) => {
+                            Some(f) if f.chars().count() <= 256 && JSON_FIELD.matches(f) => {
                                 KeyRule::Field(f.clone())
                             }
                             _ => {
-                                return Err(BridgeError::invalid(
+                                return Err(SpecError::new(
                                     format!("{at}.key.field"),
-                                    "type jsonField needs a field path such as `sensor_id` or `device.id`",
+                                    "type jsonField needs a field path such as `sensor_id` or `device.id` (no empty segment)",
                                 ));
                             }
                         },
@@ -223,20 +242,30 @@ impl RouteTable {
                 }
                 (None, Some(k)) => {
                     let at = format!("{at}.kafkaToMqtt");
-                    if k.kafka_topics.is_empty() {
-                        return Err(BridgeError::invalid(
+                    if !KAFKA_TOPICS_PER_ROUTE.contains(&k.kafka_topics.len()) {
+                        return Err(SpecError::new(
                             format!("{at}.kafkaTopics"),
-                            "must name at least one topic",
+                            format!(
+                                "must name {} to {} topics",
+                                KAFKA_TOPICS_PER_ROUTE.start(),
+                                KAFKA_TOPICS_PER_ROUTE.end()
+                            ),
                         ));
                     }
                     for (j, t) in k.kafka_topics.iter().enumerate() {
-                        validate_kafka_topic(t).map_err(|m| {
-                            BridgeError::invalid(format!("{at}.kafkaTopics[{j}]"), m)
-                        })?;
+                        check_kafka_topic(&format!("{at}.kafkaTopics[{j}]"), t)?;
                     }
                     check_qos(k.qos, &at)?;
+                    let field = format!("{at}.mqttTopic");
+                    check_length(&field, &k.mqtt_topic, &MQTT_TOPIC_TEMPLATE_LENGTH)?;
+                    if !MQTT_TOPIC_TEMPLATE.matches(&k.mqtt_topic) {
+                        return Err(SpecError::new(
+                            field,
+                            "no `+`, `#` or NUL, and placeholders are `{key}` or a JSON field path such as `{device.id}`",
+                        ));
+                    }
                     let mqtt_topic = MqttTopicTemplate::parse(&k.mqtt_topic)
-                        .map_err(|e| BridgeError::invalid(format!("{at}.mqttTopic"), e))?;
+                        .map_err(|e| SpecError::new(field, e))?;
                     table.kafka_to_mqtt.push(KafkaRoute {
                         name: route.name.clone(),
                         kafka_topics: k.kafka_topics.clone(),
@@ -247,9 +276,9 @@ impl RouteTable {
                     });
                 }
                 _ => {
-                    return Err(BridgeError::invalid(
+                    return Err(SpecError::new(
                         at,
-                        "exactly one of mqttToKafka or kafkaToMqtt must be set",
+                        "needs exactly one of mqttToKafka or kafkaToMqtt",
                     ));
                 }
             }
@@ -406,11 +435,20 @@ impl RouteTable {
 /// Metric reason of a message this bridge published that would loop back.
 pub const OWN_MESSAGE: &str = "own_message";
 
-fn check_qos(qos: u8, at: &str) -> Result<(), BridgeError> {
-    if qos > 2 {
-        return Err(BridgeError::invalid(
-            format!("{at}.qos"),
-            "must be 0, 1 or 2",
+fn check_qos(qos: u8, at: &str) -> Result<(), SpecError> {
+    if !QOS.contains(&qos) {
+        return Err(SpecError::new(format!("{at}.qos"), "must be 0, 1 or 2"));
+    }
+    Ok(())
+}
+
+/// A fixed Kafka topic name (see [`crate::rules::KAFKA_TOPIC_PATTERN`]).
+fn check_kafka_topic(field: &str, name: &str) -> Result<(), SpecError> {
+    check_length(field, name, &KAFKA_TOPIC_LENGTH)?;
+    if !KAFKA_TOPIC.matches(name) {
+        return Err(SpecError::new(
+            field,
+            "may use only a-z A-Z 0-9 . _ - and must not be `.` or `..`",
         ));
     }
     Ok(())
