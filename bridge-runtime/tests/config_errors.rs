@@ -90,7 +90,7 @@ fn each_bad_configuration_names_its_field() {
         ),
         (
             GOOD.replace("  bootstrapServers: 127.0.0.1:1", "  bootstrapServers: 127.0.0.1:1\n  properties: {sasl.password: hunter2}"),
-            "kafka.properties[sasl.password]",
+            "kafka.properties: `sasl.password` carries a secret",
         ),
     ];
     for (config, field) in cases {

@@ -15,6 +15,7 @@ fn valid() -> Value {
             "mqtt": {
                 "url": "mqtts://broker.example:8883",
                 "clientIdPrefix": "bridge",
+                "sharedSubscriptionGroup": "bridge",
                 "tls": {},
                 "authentication": {
                     "type": "password",

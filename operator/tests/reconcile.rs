@@ -315,14 +315,26 @@ async fn invalid_spec_leaves_the_running_deployment_alone() {
         .iter()
         .map(|d| d.resource_version())
         .collect();
-    // The way back now matches the way in: a loop.
-    let looping = FLEET.replace(
-        "mqttTopic: sensors/{sensor_id}",
-        "mqttTopic: sensors/{sensor_id}/temperature",
+    // A spec that passed an older CRD (one without the rule refusing
+    // properties the bridge manages; admission now refuses it): the
+    // operator's own check, the same rules as bridge-runtime's, reports it.
+    let invalid = FLEET.replace(
+        "  kafka:\n",
+        "  kafka:\n    properties:\n      linger.ms: \"5\"\n",
     );
-    apply_bridge(&client, &ns, &looping).await;
+    assert_ne!(invalid, FLEET);
+    apply_bridge_past_rule(
+        &client,
+        &ns,
+        &invalid,
+        &bridge_core::rules::managed_property_rule(),
+    )
+    .await;
     let msg = wait_ready(&client, &ns, name, "False", "InvalidSpec").await;
-    assert!(msg.contains("spec.routes[readings-out]"), "{msg}");
+    assert!(
+        msg.contains("spec.kafka.properties") && msg.contains("linger.ms"),
+        "{msg}"
+    );
     let after: Vec<Option<String>> = deployments(&client, &ns, name)
         .await
         .iter()

@@ -24,6 +24,10 @@ pub const USER: &str = "integration-test";
 
 /// An admin client with the CRD installed and established.
 pub async fn client() -> Client {
+    client_with_crd().await
+}
+
+async fn client_with_crd() -> Client {
     let client = testenv::kube_client().await;
     let crd: CustomResourceDefinition =
         serde_yaml::from_str(include_str!("../../../crds/mqttkafkabridges.yaml")).unwrap();
@@ -205,6 +209,59 @@ pub async fn apply_bridge(client: &Client, ns: &str, yaml: &str) -> MqttKafkaBri
     )
     .await
     .unwrap()
+}
+
+/// Applies a bridge the way an older CRD (one without the CEL `rule`)
+/// admitted it: installs such a CRD, applies, and installs the current CRD
+/// again. Other tests re-install the current CRD whenever they start, so
+/// the apply is retried until it slips through.
+pub async fn apply_bridge_past_rule(client: &Client, ns: &str, yaml: &str, rule: &str) {
+    fn strip(v: &mut serde_json::Value, rule: &str) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::Array(rules)) = m.get_mut("x-kubernetes-validations")
+                {
+                    rules.retain(|r| r["rule"] != rule);
+                }
+                m.values_mut().for_each(|v| strip(v, rule));
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| strip(v, rule)),
+            _ => {}
+        }
+    }
+    let mut older: serde_json::Value =
+        serde_yaml::from_str(include_str!("../../../crds/mqttkafkabridges.yaml")).unwrap();
+    strip(&mut older, rule);
+    let older: CustomResourceDefinition = serde_json::from_value(older).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut value: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+    value["metadata"]["namespace"] = ns.into();
+    let name = value["metadata"]["name"].as_str().unwrap().to_string();
+    let api: Api<MqttKafkaBridge> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        "the bridge admitted by an older CRD",
+        Duration::from_secs(60),
+        || async {
+            crds.patch(
+                "mqttkafkabridges.mqttkafka.io",
+                &PatchParams::apply(USER).force(),
+                &Patch::Apply(&older),
+            )
+            .await
+            .ok()?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            api.patch(
+                &name,
+                &PatchParams::apply(USER).force(),
+                &Patch::Apply(&value),
+            )
+            .await
+            .ok()
+        },
+    )
+    .await;
+    // The current CRD again.
+    let _ = client_with_crd().await;
 }
 
 /// The bridge's Ready condition as (status, reason, message), once it
