@@ -94,28 +94,8 @@ pub fn secret_property_rule() -> String {
     )
 }
 
-/// TLS to Kafka.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "has(self.clientCertificate) == has(self.clientKey)",
-        "message": "kafka.tls.clientCertificate and kafka.tls.clientKey go together"
-    }
-]))]
-// `S` needs no `Default`: absent optional secrets deserialize to `None`.
-#[serde(bound(deserialize = "S: Deserialize<'de>"))]
-pub struct KafkaTls<S> {
-    /// PEM CA certificate(s) the brokers' certificates must chain to. Without it the system roots are used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trusted_ca: Option<S>,
-    /// PEM client certificate for mutual TLS (needs `clientKey`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_certificate: Option<S>,
-    /// PEM private key of the client certificate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_key: Option<S>,
-}
+/// TLS to Kafka: the same settings as the MQTT side's.
+pub type KafkaTls<S> = crate::Tls<S>;
 
 /// Kafka SASL authentication.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -27,6 +27,7 @@ pub mod route;
 pub mod routes;
 pub mod rules;
 pub mod secret;
+pub mod tls;
 pub mod topic;
 pub mod validate;
 
@@ -36,3 +37,4 @@ pub use kafka::*;
 pub use mqtt::*;
 pub use route::*;
 pub use secret::*;
+pub use tls::Tls;

@@ -91,28 +91,8 @@ pub enum MqttProtocolVersion {
     V5,
 }
 
-/// TLS to the MQTT broker.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "has(self.clientCertificate) == has(self.clientKey)",
-        "message": "mqtt.tls.clientCertificate and mqtt.tls.clientKey go together"
-    }
-]))]
-// `S` needs no `Default`: absent optional secrets deserialize to `None`.
-#[serde(bound(deserialize = "S: Deserialize<'de>"))]
-pub struct MqttTls<S> {
-    /// PEM CA certificate(s) the broker's certificate must chain to. Without it the system roots are used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trusted_ca: Option<S>,
-    /// PEM client certificate, for brokers that require mutual TLS (needs `clientKey`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_certificate: Option<S>,
-    /// PEM private key of the client certificate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_key: Option<S>,
-}
+/// TLS to the MQTT broker: the same settings as the Kafka side's.
+pub type MqttTls<S> = crate::Tls<S>;
 
 /// MQTT authentication.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
