@@ -232,7 +232,7 @@ pub async fn run(
                 state.commit(&consumer);
                 state.show_refusals();
                 observability.metrics.in_flight
-                    .get_or_create(&vec![("direction", "kafka_to_mqtt".to_owned())])
+                    .get_or_create(&vec![("direction", metrics::KAFKA_TO_MQTT.to_owned())])
                     .set(state.in_flight as i64);
                 if p.clients.is_empty() && p.reconnect_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
                     p.start();
@@ -478,7 +478,11 @@ impl State {
                 .routes
                 .kafka_to_mqtt
                 .iter()
-                .map(|r| observability.metrics.route_counters(&r.name))
+                .map(|r| {
+                    observability
+                        .metrics
+                        .route_counters(&r.name, metrics::KAFKA_TO_MQTT)
+                })
                 .collect(),
             dropped_log: LogEvery::new(Duration::from_secs(10)),
             refused_log: LogEvery::new(Duration::from_secs(10)),

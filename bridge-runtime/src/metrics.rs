@@ -15,6 +15,10 @@ use prometheus_client::registry::Registry;
 /// Label set: a list of name/value pairs.
 pub type Labels = Vec<(&'static str, String)>;
 
+/// Values of the `direction` label.
+pub const MQTT_TO_KAFKA: &str = "mqtt_to_kafka";
+pub const KAFKA_TO_MQTT: &str = "kafka_to_mqtt";
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
@@ -22,9 +26,9 @@ fn latency_histogram() -> Histogram {
 /// Every metric the bridge exports.
 pub struct Metrics {
     registry: Registry,
-    /// Messages received, per route and direction.
+    /// Messages received, per route (and its direction).
     pub received: Family<Labels, Counter>,
-    /// Messages carried to their destination, per route.
+    /// Messages carried to their destination, per route (and its direction).
     pub forwarded: Family<Labels, Counter>,
     /// Failed deliveries (retried, never acknowledged), per route and reason.
     pub failed: Family<Labels, Counter>,
@@ -141,8 +145,13 @@ impl Metrics {
 
     /// The per-message counters of one route, looked up once: a family
     /// lookup per message hashed and allocated its label set every time.
-    pub fn route_counters(&self, name: &str) -> RouteCounters {
-        let labels = route(name);
+    /// Labelled with the route and its direction ([`MQTT_TO_KAFKA`],
+    /// [`KAFKA_TO_MQTT`]), so dashboards can sum each way.
+    pub fn route_counters(&self, name: &str, direction: &str) -> RouteCounters {
+        let labels = vec![
+            ("route", name.to_owned()),
+            ("direction", direction.to_owned()),
+        ];
         RouteCounters {
             received: self.received.get_or_create(&labels).clone(),
             forwarded: self.forwarded.get_or_create(&labels).clone(),
@@ -167,9 +176,9 @@ impl Metrics {
 /// Handles of a route's per-message counters (clones share the counts).
 #[derive(Clone, Debug, Default)]
 pub struct RouteCounters {
-    /// `messages_received{route}`.
+    /// `messages_received{route,direction}`.
     pub received: Counter,
-    /// `messages_forwarded{route}`.
+    /// `messages_forwarded{route,direction}`.
     pub forwarded: Counter,
 }
 
@@ -438,7 +447,14 @@ mod tests {
             .get_or_create(&route_reason("r1", "missing_field"))
             .inc();
         o.metrics.kafka_delivery_latency.observe(0.01);
+        o.metrics.route_counters("r2", MQTT_TO_KAFKA).received.inc();
         let text = o.metrics.encode();
+        assert!(
+            text.contains(
+                r#"bridge_messages_received_total{route="r2",direction="mqtt_to_kafka"} 1"#
+            ),
+            "{text}"
+        );
         assert!(
             text.contains(r#"bridge_messages_dropped_total{route="r1",reason="missing_field"} 1"#),
             "{text}"

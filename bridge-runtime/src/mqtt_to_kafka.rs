@@ -300,9 +300,15 @@ impl Pipeline {
                 .routes
                 .mqtt_to_kafka
                 .iter()
-                .map(|r| observability.metrics.route_counters(&r.name))
+                .map(|r| {
+                    observability
+                        .metrics
+                        .route_counters(&r.name, metrics::MQTT_TO_KAFKA)
+                })
                 .collect(),
-            forward_latency: observability.metrics.forward_latency_of("mqtt_to_kafka"),
+            forward_latency: observability
+                .metrics
+                .forward_latency_of(metrics::MQTT_TO_KAFKA),
             logs: Logs {
                 dropped: LogEvery::new(Duration::from_secs(10)),
                 held: LogEvery::new(Duration::from_secs(10)),

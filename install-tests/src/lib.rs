@@ -331,6 +331,56 @@ pub fn plain_manifests() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The rules file of the chart's alert rules, for a Prometheus without the
+/// Prometheus Operator (`rule_files:`): the `spec` of the PrometheusRule the
+/// chart renders with `args` (e.g. `--set alerts.brokerMaxQueuedMessages=…`),
+/// its text as rendered.
+pub fn rendered_alert_rules(args: &[&str]) -> String {
+    let mut all = vec![
+        "--set",
+        "alerts.enabled=true",
+        "--show-only",
+        "templates/prometheusrule.yaml",
+    ];
+    all.extend_from_slice(args);
+    let rendered = render(DEPLOY_RELEASE, DEPLOY_NAMESPACE, &all);
+    let spec = rendered
+        .split_once("\nspec:\n")
+        .map(|(_, spec)| spec)
+        .unwrap_or_else(|| panic!("no spec in the rendered PrometheusRule:\n{rendered}"));
+    spec.lines()
+        .map(|l| l.strip_prefix("  ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim_end()
+        .to_string()
+        + "\n"
+}
+
+/// The chart's Grafana dashboard (the JSON its ConfigMap carries).
+pub fn chart_dashboard() -> String {
+    std::fs::read_to_string(chart_dir().join("dashboards/mqtt-kafka-bridge.json"))
+        .expect("the chart's dashboard")
+}
+
+/// The files of `deploy/monitoring/`: the alert rules rendered with the
+/// chart's default values and the dashboard, for users without the
+/// Prometheus Operator or Grafana's sidecar. Not for `kubectl apply`.
+pub fn monitoring_files() -> Vec<(&'static str, String)> {
+    let rules = format!(
+        "# Alert rules of the MQTT-Kafka bridges and operator, for a Prometheus `rule_files:` entry.\n\
+         # Generated from the chart's PrometheusRule (alerts.enabled=true, default values:\n\
+         # the broker's max_queued_messages is taken as 1000, Mosquitto's default; change it\n\
+         # in MqttKafkaBridgeBrokerQueueFilling to your broker's). Do not edit; regenerate with\n\
+         # `UPDATE_MANIFESTS=1 cargo test -p install-tests --test chart`. README, \"Alerts and dashboards\".\n{}",
+        rendered_alert_rules(&[])
+    );
+    vec![
+        ("mqtt-kafka-bridge.rules.yaml", rules),
+        ("grafana-dashboard.json", chart_dashboard()),
+    ]
+}
+
 /// `deploy/examples/current-sensor.yaml` pointed at the test servers with
 /// unique names, its pod on the real node. The route's Kafka topic is a
 /// template, so readiness needs no topic created first.

@@ -96,8 +96,17 @@ fn default_values_pass_a_server_side_dry_run() {
     ] {
         assert!(kinds.iter().any(|k| k == kind), "{kind} missing: {kinds:?}");
     }
-    // One replica without election: no Lease rights, no NetworkPolicy, no ServiceMonitor.
-    for kind in ["Role", "RoleBinding", "NetworkPolicy", "ServiceMonitor"] {
+    // One replica without election: no Lease rights, no NetworkPolicy, no
+    // ServiceMonitor; the monitoring kit is off.
+    for kind in [
+        "Role",
+        "RoleBinding",
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+    ] {
         assert!(
             !kinds.iter().any(|k| k == kind),
             "unexpected {kind}: {kinds:?}"
@@ -178,11 +187,11 @@ fn assert_rbac_is_least_privilege(docs: &[serde_yaml::Value]) {
 fn custom_values_pass_a_server_side_dry_run() {
     let ns = TempNamespace::new("chart-custom");
     let watched = TempNamespace::new("chart-watched");
-    // The test control plane has no Prometheus Operator: a stand-in CRD.
+    // The test control plane has no Prometheus Operator: stand-in CRDs.
     run_ok(
         kubectl()
             .args(["apply", "--server-side", "--force-conflicts", "-f"])
-            .arg(values_file("servicemonitor-crd.yaml")),
+            .arg(values_file("prometheus-operator-crds.yaml")),
         None,
     );
     run_ok(
@@ -190,17 +199,27 @@ fn custom_values_pass_a_server_side_dry_run() {
             "wait",
             "--for=condition=Established",
             "crd/servicemonitors.monitoring.coreos.com",
+            "crd/podmonitors.monitoring.coreos.com",
+            "crd/prometheusrules.monitoring.coreos.com",
             "--timeout=60s",
         ]),
         None,
     );
     let release = unique_name("mko");
     let watch = format!("watchNamespace={}", watched.name);
+    let dashboard_ns = format!("grafanaDashboard.namespace={}", watched.name);
     let values = values_file("custom.yaml");
     let yaml = render(
         &release,
         &ns.name,
-        &["-f", values.to_str().unwrap(), "--set", &watch],
+        &[
+            "-f",
+            values.to_str().unwrap(),
+            "--set",
+            &watch,
+            "--set",
+            &dashboard_ns,
+        ],
     );
     let stderr = dry_run(&yaml);
     assert!(
@@ -229,6 +248,37 @@ fn custom_values_pass_a_server_side_dry_run() {
         has("NetworkPolicy", &ns.name) && has("ServiceMonitor", &ns.name),
         "{ids:?}"
     );
+    // The monitoring kit: bridges scraped in the watched namespace, the
+    // alert rules with the broker's queue limit, the dashboard for
+    // Grafana's sidecar in the namespace it watches.
+    assert!(
+        has("PodMonitor", &ns.name) && has("PrometheusRule", &ns.name),
+        "{ids:?}"
+    );
+    let pod_monitor = docs.iter().find(|d| d["kind"] == "PodMonitor").unwrap();
+    assert_eq!(
+        pod_monitor["spec"]["namespaceSelector"]["matchNames"][0].as_str(),
+        Some(watched.name.as_str())
+    );
+    let rules = docs.iter().find(|d| d["kind"] == "PrometheusRule").unwrap();
+    assert_eq!(rules["metadata"]["labels"]["release"], "prometheus");
+    let rules_text = serde_yaml::to_string(&rules["spec"]).unwrap();
+    assert!(rules_text.contains("> 0.5 * 1000000"), "{rules_text}");
+    let dashboard = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .unwrap_or_else(|| panic!("no dashboard ConfigMap: {ids:?}"));
+    assert_eq!(
+        dashboard["metadata"]["namespace"].as_str(),
+        Some(watched.name.as_str())
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        dashboard["data"]["mqtt-kafka-bridge.json"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["uid"], "mqtt-kafka-bridges");
     assert!(has("ServiceAccount", &ns.name), "{ids:?}");
     let deploy = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
     assert_eq!(deploy["spec"]["replicas"], 2);
@@ -274,6 +324,10 @@ fn wrong_values_fail_with_a_message_naming_the_value() {
             "at '/leaderElection': got boolean, want object",
         ),
         (
+            "alerts.brokerMaxQueuedMessages=many",
+            "at '/alerts/brokerMaxQueuedMessages': got string, want integer",
+        ),
+        (
             "nodeSelecter.disk=ssd",
             "additional properties 'nodeSelecter' not allowed",
         ),
@@ -315,6 +369,35 @@ fn plain_manifests_are_the_rendered_chart() {
     assert!(
         stale.is_empty(),
         "{} differ from the chart rendered with default values: run \
+         `eval \"$(cargo xtask testenv env)\" && UPDATE_MANIFESTS=1 cargo test -p install-tests --test chart` \
+         and commit them",
+        stale.join(", ")
+    );
+}
+
+/// `deploy/monitoring/` holds the chart's alert rules (rendered with default
+/// values) and its dashboard. Regenerate with
+/// `UPDATE_MANIFESTS=1 cargo test -p install-tests --test chart`.
+#[test]
+fn monitoring_files_are_the_charts() {
+    let update = std::env::var_os("UPDATE_MANIFESTS").is_some();
+    let dir = workspace().join("deploy/monitoring");
+    if update {
+        std::fs::create_dir_all(&dir).unwrap();
+    }
+    let mut stale = Vec::new();
+    for (file, content) in install_tests::monitoring_files() {
+        let path = dir.join(file);
+        if update {
+            std::fs::write(&path, &content).unwrap();
+        }
+        if std::fs::read_to_string(&path).unwrap_or_default() != content {
+            stale.push(path.display().to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "{} differ from the chart: run \
          `eval \"$(cargo xtask testenv env)\" && UPDATE_MANIFESTS=1 cargo test -p install-tests --test chart` \
          and commit them",
         stale.join(", ")

@@ -51,6 +51,8 @@ impl Context {
     /// Drops what is remembered about a bridge that is deleted or being deleted.
     fn forget(&self, bridge: &MqttKafkaBridge) {
         self.failures.clear(&ObjectRef::from_obj(bridge));
+        self.metrics
+            .forget_bridge(&bridge.namespace().unwrap_or_default(), &bridge.name_any());
         if let Some(uid) = bridge.uid() {
             self.applied.forget(&uid);
         }
@@ -214,6 +216,13 @@ async fn reconcile_inner(
         user_error.as_ref(),
         &rollout,
         status::now(),
+    );
+    let ready_condition = new.condition(READY);
+    ctx.metrics.set_bridge_status(
+        &ns,
+        &name,
+        ready_condition.is_some_and(|c| c.status == "True"),
+        ready_condition.is_some_and(|c| c.reason == crate::metrics::ROLLOUT_HALTED_REASON),
     );
     if bridge.status.as_ref() != Some(&new) {
         let api: Api<MqttKafkaBridge> = Api::namespaced(client.clone(), &ns);

@@ -1,4 +1,6 @@
-//! Prometheus metrics: reconciles, failures by reason, duration.
+//! Prometheus metrics: reconciles, failures by reason, duration, and per
+//! bridge whether it is Ready and whether its rollout is halted (what the
+//! alert rules of the chart watch).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,6 +8,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -22,6 +25,18 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Labels of the per-bridge gauges: the bridge's namespace and name (one
+/// series per bridge, removed when it is deleted).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeLabels {
+    pub namespace: String,
+    pub bridge: String,
+}
+
+/// The Ready condition's reason of a bridge whose rollout the operator
+/// stopped (`mqtt_kafka_operator_bridge_rollout_halted` is 1 while it says so).
+pub const ROLLOUT_HALTED_REASON: &str = "RolloutHalted";
+
 /// The operator's metrics and their registry.
 #[derive(Clone)]
 pub struct Metrics {
@@ -29,6 +44,8 @@ pub struct Metrics {
     reconciles: Counter,
     failures: Family<ReasonLabel, Counter>,
     duration: Histogram,
+    bridge_ready: Family<BridgeLabels, Gauge>,
+    bridge_rollout_halted: Family<BridgeLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -48,11 +65,25 @@ impl Default for Metrics {
             "Duration of reconciles",
             duration.clone(),
         );
+        let bridge_ready = Family::<BridgeLabels, Gauge>::default();
+        let bridge_rollout_halted = Family::<BridgeLabels, Gauge>::default();
+        registry.register(
+            "bridge_ready",
+            "1 while the bridge's Ready condition is True, per bridge",
+            bridge_ready.clone(),
+        );
+        registry.register(
+            "bridge_rollout_halted",
+            "1 while the bridge's Ready reason is RolloutHalted (the operator stopped its rollout), per bridge",
+            bridge_rollout_halted.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             reconciles,
             failures,
             duration,
+            bridge_ready,
+            bridge_rollout_halted,
         }
     }
 }
@@ -71,6 +102,30 @@ impl Metrics {
         }
     }
 
+    /// Records a bridge's status as the last reconcile computed it.
+    pub fn set_bridge_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        ready: bool,
+        rollout_halted: bool,
+    ) {
+        let labels = bridge_labels(namespace, name);
+        self.bridge_ready
+            .get_or_create(&labels)
+            .set(i64::from(ready));
+        self.bridge_rollout_halted
+            .get_or_create(&labels)
+            .set(i64::from(rollout_halted));
+    }
+
+    /// Removes a deleted bridge's series.
+    pub fn forget_bridge(&self, namespace: &str, name: &str) {
+        let labels = bridge_labels(namespace, name);
+        self.bridge_ready.remove(&labels);
+        self.bridge_rollout_halted.remove(&labels);
+    }
+
     /// The OpenMetrics text format (served as [`OPENMETRICS_CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -78,6 +133,13 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+fn bridge_labels(namespace: &str, name: &str) -> BridgeLabels {
+    BridgeLabels {
+        namespace: namespace.into(),
+        bridge: name.into(),
     }
 }
 
@@ -100,5 +162,30 @@ mod tests {
             text.ends_with("# EOF\n"),
             "OpenMetrics, as its content type says"
         );
+    }
+
+    #[test]
+    fn bridge_status_is_one_series_per_bridge_until_it_is_deleted() {
+        let m = Metrics::default();
+        m.set_bridge_status("iot", "fleet", false, true);
+        m.set_bridge_status("iot", "temps", true, false);
+        let text = m.render();
+        for line in [
+            r#"mqtt_kafka_operator_bridge_ready{namespace="iot",bridge="fleet"} 0"#,
+            r#"mqtt_kafka_operator_bridge_rollout_halted{namespace="iot",bridge="fleet"} 1"#,
+            r#"mqtt_kafka_operator_bridge_ready{namespace="iot",bridge="temps"} 1"#,
+            r#"mqtt_kafka_operator_bridge_rollout_halted{namespace="iot",bridge="temps"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        // The next reconcile overwrites, the deletion removes.
+        m.set_bridge_status("iot", "fleet", true, false);
+        m.forget_bridge("iot", "temps");
+        let text = m.render();
+        assert!(
+            text.contains(r#"mqtt_kafka_operator_bridge_ready{namespace="iot",bridge="fleet"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("temps"), "{text}");
     }
 }

@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+pub mod prometheus;
+
 /// The value of a test-environment variable such as `KAFKA_BOOTSTRAP`.
 ///
 /// Panics (tests only) with the command that provides it when it is unset.

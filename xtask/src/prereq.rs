@@ -14,6 +14,9 @@ use anyhow::{Context, Result, bail};
 ///   binutils (objcopy) strips debug info from the binaries in them; ca-certificates goes into them.
 /// - containerd, containernetworking-plugins (the loopback CNI plugin): the
 ///   container runtime of the real test node; gcc, libc6-dev: its pause program.
+/// - prometheus: promtool checks and unit-tests the alert rules, and the
+///   monitoring tests run their own Prometheus on a loopback port (the
+///   package's system service, if it starts, is not used).
 const DEBIAN_PACKAGES: &[&str] = &[
     "mosquitto",
     "mosquitto-clients",
@@ -34,6 +37,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "gcc",
     "libc6-dev",
+    "prometheus",
 ];
 
 /// Installs missing Debian packages and checks the toolchains that do not come

@@ -338,6 +338,16 @@ fn replace_dir(from: &Path, to: &Path) -> Result<()> {
         .with_context(|| format!("move {} to {}", from.display(), to.display()))
 }
 
+/// `prometheus` and `promtool` (Debian's `prometheus` package): the
+/// monitoring tests check the alert rules with promtool and start their own
+/// Prometheus on a loopback port (never the package's system service).
+pub fn prometheus_programs() -> Result<(PathBuf, PathBuf)> {
+    Ok((
+        which("prometheus", "prometheus")?,
+        which("promtool", "prometheus")?,
+    ))
+}
+
 fn which(program: &str, package: &str) -> Result<PathBuf> {
     which_in(program, &[], package)
 }

@@ -57,6 +57,14 @@ pub struct State {
     pub vars: BTreeMap<String, String>,
 }
 
+/// Set (non-empty, not `0`) for `up`: start everything but the real node
+/// (containerd and the kubelet), leaving it to another checkout.
+pub const NO_REAL_NODE: &str = "TESTENV_NO_REAL_NODE";
+
+fn no_real_node() -> bool {
+    std::env::var_os(NO_REAL_NODE).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 /// How long each server may take to become ready.
 fn ready_timeout(name: &str) -> Duration {
     match name {
@@ -124,7 +132,13 @@ pub fn up(dir: &Path) -> Result<bool> {
              `cargo xtask testenv down` there, then `up` here"
         );
     }
-    let skip = |name: &str| node_elsewhere.is_some() && node::is_node_server(name);
+    // A second checkout that leaves the host's real node to another one,
+    // even while that one is down.
+    let no_node = no_real_node();
+    if no_node {
+        eprintln!("xtask: {NO_REAL_NODE} set: starting without the real node (REAL_NODE unset)");
+    }
+    let skip = |name: &str| (no_node || node_elsewhere.is_some()) && node::is_node_server(name);
     let mut started = false;
     let mut offsets = BTreeMap::new();
     let names: Vec<String> = state.servers.iter().map(|s| s.name.clone()).collect();
@@ -313,6 +327,10 @@ fn status(dir: &Path) -> Result<()> {
                 );
                 continue;
             }
+            None if !running && no_real_node() && node::is_node_server(&s.name) => {
+                println!("{:<20} not here: {NO_REAL_NODE} is set", s.name);
+                continue;
+            }
             _ => all &= running,
         }
         println!(
@@ -393,6 +411,11 @@ pub fn env_vars(dir: &Path, state: &State) -> BTreeMap<String, String> {
         "HELM".into(),
         crate::toolchain::helm_path().display().to_string(),
     );
+    // Left out when missing: the tests that need them say which variable.
+    if let Ok((prometheus, promtool)) = crate::toolchain::prometheus_programs() {
+        vars.insert("PROMETHEUS".into(), prometheus.display().to_string());
+        vars.insert("PROMTOOL".into(), promtool.display().to_string());
+    }
     vars
 }
 
