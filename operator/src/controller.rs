@@ -222,7 +222,7 @@ async fn reconcile_inner(
         &ns,
         &name,
         ready_condition.is_some_and(|c| c.status == "True"),
-        ready_condition.is_some_and(|c| c.reason == crate::metrics::ROLLOUT_HALTED_REASON),
+        ready_condition.is_some_and(|c| c.reason == status::ROLLOUT_HALTED),
     );
     if bridge.status.as_ref() != Some(&new) {
         let api: Api<MqttKafkaBridge> = Api::namespaced(client.clone(), &ns);

@@ -33,10 +33,6 @@ pub struct BridgeLabels {
     pub bridge: String,
 }
 
-/// The Ready condition's reason of a bridge whose rollout the operator
-/// stopped (`mqtt_kafka_operator_bridge_rollout_halted` is 1 while it says so).
-pub const ROLLOUT_HALTED_REASON: &str = "RolloutHalted";
-
 /// The operator's metrics and their registry.
 #[derive(Clone)]
 pub struct Metrics {
