@@ -40,10 +40,11 @@ use sensor_fleet::verify::{self, Control, MqttSub};
 use sensor_fleet::{Expected, MqttEndpoint};
 
 const BRIDGE: &str = "sensor-fleet";
-/// Slots (pods) of the bridge: enough to see a change reach them one by one.
-/// (With 3, one slot stayed not Ready after the Kafka outage below in one
-/// run — a bridge-runtime matter noted for a later issue.)
-const SLOTS: usize = 2;
+/// Slots (pods) of the example bridge as applied (`replicas: 2`).
+const FIRST_SLOTS: usize = 2;
+/// Slots after scaling up (`kubectl scale mkb`), before the rollout steps:
+/// enough to see a change reach them one by one.
+const SLOTS: usize = 3;
 const LABEL: &str = "mqttkafka.io/bridge=sensor-fleet";
 const WAIT: &str = "--timeout=180s";
 const CONFIG_HASH: &str = "mqttkafka.io/config-hash";
@@ -215,11 +216,12 @@ fn uid(p: &Pod) -> String {
     p.metadata.uid.clone().unwrap_or_default()
 }
 
-/// Waits until the bridge has exactly [`SLOTS`] pods, all Ready through the
+/// Waits until the bridge has exactly `slots` pods, all Ready through the
 /// kubelet's probe of their `/readyz` (with one of `hashes` as
 /// configuration, none of `not_uids`); returns them and, per pod, how long
 /// after the call it was first seen Ready.
 async fn bridges_ready(
+    slots: usize,
     pods: &Api<Pod>,
     hashes: Option<&[String]>,
     not_uids: &[String],
@@ -234,7 +236,7 @@ async fn bridges_ready(
                 first_ready.entry(uid(p)).or_insert_with(|| start.elapsed());
             }
         }
-        let ok = list.len() == SLOTS
+        let ok = list.len() == slots
             && list.iter().all(|p| {
                 p.metadata.deletion_timestamp.is_none()
                     && !not_uids.contains(&uid(p))
@@ -473,7 +475,7 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
     };
     let manifest = install::sensor_fleet_bridge(&s, &names).unwrap();
     let mut manifest: serde_yaml::Value = serde_yaml::from_str(&manifest).unwrap();
-    manifest["spec"]["replicas"] = (SLOTS as u64).into();
+    manifest["spec"]["replicas"] = (FIRST_SLOTS as u64).into();
     let manifest = serde_yaml::to_string(&manifest).unwrap();
     run(
         s.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
@@ -492,7 +494,7 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
                 .list(&ListParams::default().labels(LABEL))
                 .await
                 .ok()?;
-            (l.items.len() == SLOTS).then_some(l.items)
+            (l.items.len() == FIRST_SLOTS).then_some(l.items)
         },
     )
     .await;
@@ -501,7 +503,7 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
     assert_eq!(container.args.as_deref(), Some(&["run".to_string()][..]));
     step(
         t0,
-        &format!("{SLOTS} Deployments created; the kubelet starts their pods"),
+        &format!("{FIRST_SLOTS} Deployments created; the kubelet starts their pods"),
     );
     let fail = |what: &str| -> String {
         let logs = e2e::output(
@@ -535,7 +537,7 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
     };
 
     // 5. kubectl wait: both pods ready (the kubelet's probe of /readyz) → Ready.
-    let (ready_pods, start_times) = bridges_ready(&pods, None, &[], &fail).await;
+    let (ready_pods, start_times) = bridges_ready(FIRST_SLOTS, &pods, None, &[], &fail).await;
     step(
         t0,
         &format!(
@@ -812,6 +814,34 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
         &format!("a non-JSON reading: MessagesDropped={status} {reason}: {message}"),
     );
 
+    // Scaled up with `kubectl scale` (the CRD's scale subresource): the new
+    // slot starts at once, the running ones are not touched.
+    run(
+        s.kubectl().args([
+            "scale",
+            "mkb",
+            BRIDGE,
+            "-n",
+            &ns,
+            &format!("--replicas={SLOTS}"),
+        ]),
+        None,
+    )
+    .unwrap();
+    let (scaled, _) = bridges_ready(SLOTS, &pods, None, &[], &fail).await;
+    kubectl_wait_ready(&s, &ns);
+    let kept: Vec<String> = after.iter().map(uid).collect();
+    assert_eq!(
+        scaled.iter().filter(|p| kept.contains(&uid(p))).count(),
+        FIRST_SLOTS,
+        "scaling up left the running slots alone"
+    );
+    let after = scaled;
+    step(
+        t0,
+        &format!("scaled up to {SLOTS} slots; the running ones untouched"),
+    );
+
     // 7. A wrong password in the Secret: the change reaches slot 0 first
     //    (the kubelet projects the new value), Kafka refuses it, the pod
     //    crashes and the rollout halts: the pod's termination message —
@@ -930,7 +960,7 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
     let old_uids: Vec<String> = failing.iter().map(uid).collect();
     let started = Instant::now();
     let order = watch_rollout(&pods, &old_uids, &fail).await;
-    let (rotated, _) = bridges_ready(&pods, None, &old_uids, &fail).await;
+    let (rotated, _) = bridges_ready(SLOTS, &pods, None, &old_uids, &fail).await;
     kubectl_wait_ready(&s, &ns);
     for p in &rotated {
         let file = real_node.secret_volume_file(
@@ -1028,7 +1058,7 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
         new_hashes.iter().all(|x| !old_hashes.contains(x)),
         "{new_hashes:?}"
     );
-    let (rolled, _) = bridges_ready(&pods, Some(&new_hashes), &[], &fail).await;
+    let (rolled, _) = bridges_ready(SLOTS, &pods, Some(&new_hashes), &[], &fail).await;
     kubectl_wait_ready(&s, &ns);
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
     let active: Vec<String> = replica_sets
