@@ -129,7 +129,17 @@ where
 {
     let name = obj.name_any();
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    if let Some(live) = api.get_metadata_opt_with(&name, &GetParams::any()).await? {
+    let live = api
+        .get_metadata_opt_with(&name, &GetParams::any())
+        .await
+        .map_err(|e| {
+            Error::step(
+                "read the live version of",
+                format!("{} {namespace}/{name}", K::kind(&())),
+                e,
+            )
+        })?;
+    if let Some(live) = live {
         versions.insert(
             version_key(&K::kind(&()), &name),
             live.resource_version().unwrap_or_default(),
@@ -190,7 +200,13 @@ where
 /// Service by hand lets the operator create it headless.
 async fn apply_service(client: &Client, namespace: &str, service: &Service) -> Result<Service> {
     let api: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let live = api.get_opt(&service.name_any()).await?;
+    let live = api.get_opt(&service.name_any()).await.map_err(|e| {
+        Error::step(
+            "read Service",
+            format!("{namespace}/{}", service.name_any()),
+            e,
+        )
+    })?;
     let mut service = service.clone();
     if let (Some(live), Some(spec)) = (
         live.as_ref().and_then(|s| s.spec.as_ref()),

@@ -236,7 +236,8 @@ async fn reconcile_inner(
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )
-        .await?;
+        .await
+        .map_err(|e| Error::step("write the status of bridge", format!("{ns}/{name}"), e))?;
         publish_transition(bridge, &new, ctx).await;
     }
 

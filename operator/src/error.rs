@@ -132,3 +132,21 @@ impl Error {
 
 /// Result of the operator's fallible steps.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_error_names_its_step_and_object_and_keeps_its_reason() {
+        let e = Error::step(
+            "apply",
+            "Deployment ns/b-0",
+            kube::Error::SerdeError(serde_json::from_str::<u8>("x").unwrap_err()),
+        );
+        assert_eq!(e.reason(), "KubernetesApiError");
+        let text = e.to_string();
+        assert!(text.starts_with("apply Deployment ns/b-0: "), "{text}");
+        assert!(!e.is_user_error());
+    }
+}

@@ -91,7 +91,11 @@ pub fn referenced_secret_names(spec: &MqttKafkaBridgeSpec) -> BTreeSet<String> {
 pub async fn resolve(api: &Api<Secret>, spec: &MqttKafkaBridgeSpec) -> Result<ResolvedSecrets> {
     let mut found = BTreeMap::new();
     for name in referenced_secret_names(spec) {
-        if let Some(secret) = api.get_opt(&name).await? {
+        let secret = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| Error::step("read referenced Secret", &name, e))?;
+        if let Some(secret) = secret {
             found.insert(name, secret);
         }
     }
