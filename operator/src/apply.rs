@@ -266,22 +266,30 @@ pub async fn apply_children(
         let ours = d.owner_references().iter().any(|o| o.uid == bridge_uid);
         if ours && slot.is_none_or(|s| s >= desired) {
             tracing::info!(deployment = %d.name_any(), "deleting scaled-down slot");
-            match api.delete(&d.name_any(), &DeleteParams::background()).await {
-                Ok(_) => {}
-                // Listed from the watch cache: it may be gone already.
-                Err(kube::Error::Api(status)) if status.is_not_found() => {}
-                Err(e) => {
-                    return Err(Error::step(
-                        "delete scaled-down slot Deployment",
-                        format!("{namespace}/{}", d.name_any()),
-                        e,
-                    ));
-                }
-            }
+            delete(
+                &api,
+                namespace,
+                &d.name_any(),
+                "delete scaled-down slot Deployment",
+            )
+            .await?;
         }
     }
     delete_unused_config_maps(client, namespace, bridge_uid, children, to_apply, existing).await?;
     Ok(versions)
+}
+
+/// Deletes a child in the background; one already gone is fine (children
+/// are listed from the watch cache).
+async fn delete<K>(api: &Api<K>, namespace: &str, name: &str, step: &'static str) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(e) => Err(Error::step(step, format!("{namespace}/{name}"), e)),
+    }
 }
 
 /// Deletes the bridge's ConfigMaps that neither the current configuration
@@ -324,17 +332,7 @@ async fn delete_unused_config_maps(
         let name = cm.name_any();
         if ours && !used.contains(&name) {
             tracing::info!(config_map = %name, "deleting a configuration no slot uses");
-            match api.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.is_not_found() => {}
-                Err(e) => {
-                    return Err(Error::step(
-                        "delete unused ConfigMap",
-                        format!("{namespace}/{name}"),
-                        e,
-                    ));
-                }
-            }
+            delete(&api, namespace, &name, "delete unused ConfigMap").await?;
         }
     }
     Ok(())
