@@ -114,7 +114,7 @@ pub struct KafkaAuthentication<S> {
     pub kind: KafkaAuthenticationType,
     /// SASL user name; required unless `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = *USERNAME_LENGTH.start(), max = *USERNAME_LENGTH.end()))]
     pub username: Option<String>,
     /// SASL password; required unless `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,7 +214,7 @@ pub enum Compression {
 pub struct ConsumerSettings {
     /// Consumer group id. Defaults to the MQTT `clientIdPrefix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 255))]
+    #[schemars(length(min = *GROUP_ID_LENGTH.start(), max = *GROUP_ID_LENGTH.end()))]
     pub group_id: Option<String>,
     /// Where a group with no committed offset starts.
     #[serde(default)]

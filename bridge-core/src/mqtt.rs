@@ -52,7 +52,13 @@ pub struct MqttSpec<S> {
     /// When set, subscriptions are shared (`$share/<group>/<filter>`) so that
     /// several connections and replicas split the messages between them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64), regex(pattern = SHARED_GROUP_PATTERN))]
+    #[schemars(
+        length(
+            min = *SHARED_GROUP_LENGTH.start(),
+            max = *SHARED_GROUP_LENGTH.end()
+        ),
+        regex(pattern = SHARED_GROUP_PATTERN)
+    )]
     pub shared_subscription_group: Option<String>,
     /// MQTT connections per replica, in each direction. Each connection has its
     /// own in-flight window at the broker: MQTT→Kafka subscribes on each (with a
@@ -111,7 +117,7 @@ pub struct MqttAuthentication<S> {
     pub kind: MqttAuthenticationType,
     /// User name; required for `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = *USERNAME_LENGTH.start(), max = *USERNAME_LENGTH.end()))]
     pub username: Option<String>,
     /// The password; required for `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -123,7 +123,10 @@ pub struct KafkaKey {
     pub level: Option<u8>,
     /// JSON payload field for `jsonField`; dots reach into nested objects (`device.id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256), regex(pattern = JSON_FIELD_PATTERN))]
+    #[schemars(
+        length(min = *JSON_FIELD_LENGTH.start(), max = *JSON_FIELD_LENGTH.end()),
+        regex(pattern = JSON_FIELD_PATTERN)
+    )]
     pub field: Option<String>,
 }
 

@@ -10,8 +10,8 @@ use crate::{KafkaKeyType, Route};
 use crate::error::SpecError;
 use crate::json_field::json_field_text_in;
 use crate::rules::{
-    KAFKA_TOPIC_LENGTH, KAFKA_TOPICS_PER_ROUTE, KEY_LEVEL, MQTT_TOPIC_FILTER_LENGTH,
-    MQTT_TOPIC_TEMPLATE_LENGTH, QOS, ROUTE_NAME_LENGTH,
+    JSON_FIELD_LENGTH, KAFKA_TOPIC_LENGTH, KAFKA_TOPICS_PER_ROUTE, KEY_LEVEL,
+    MQTT_TOPIC_FILTER_LENGTH, MQTT_TOPIC_TEMPLATE_LENGTH, QOS, ROUTE_NAME_LENGTH,
 };
 use crate::topic::{KafkaTopicTemplate, MqttTopicTemplate, TopicFilter, Unresolved};
 use crate::validate::{
@@ -219,7 +219,10 @@ impl RouteTable {
                             }
                         }
                         KafkaKeyType::JsonField => match &m.key.field {
-                            Some(f) if f.chars().count() <= 256 && JSON_FIELD.matches(f) => {
+                            Some(f)
+                                if JSON_FIELD_LENGTH.contains(&f.chars().count())
+                                    && JSON_FIELD.matches(f) =>
+                            {
                                 KeyRule::Field(f.clone())
                             }
                             _ => {

@@ -42,6 +42,14 @@ pub const CLIENT_ID_PREFIX_PATTERN: &str = r"^[A-Za-z0-9._-]+$";
 pub const CLIENT_ID_PREFIX_LENGTH: RangeInclusive<usize> = 1..=48;
 /// `mqtt.sharedSubscriptionGroup`: one topic level, no wildcards.
 pub const SHARED_GROUP_PATTERN: &str = r"^[^/+#]+$";
+/// `mqtt.sharedSubscriptionGroup` length.
+pub const SHARED_GROUP_LENGTH: RangeInclusive<usize> = 1..=64;
+/// `kafka.consumer.groupId` length.
+pub const GROUP_ID_LENGTH: RangeInclusive<usize> = 1..=255;
+/// User names of `mqtt.authentication` and `kafka.authentication`.
+pub const USERNAME_LENGTH: RangeInclusive<usize> = 1..=256;
+/// `mqttToKafka.key.field` length.
+pub const JSON_FIELD_LENGTH: RangeInclusive<usize> = 1..=256;
 /// Route names: used in metric labels, headers and events.
 pub const ROUTE_NAME_PATTERN: &str = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$";
 /// Route name length.
@@ -186,6 +194,24 @@ mod tests {
         assert!(!filter.is_match("a+/b"));
         assert!(re(JSON_FIELD_PATTERN).is_match("device.id"));
         assert!(!re(JSON_FIELD_PATTERN).is_match("a..b"));
+    }
+
+    #[test]
+    fn the_kafka_topic_pattern_and_the_per_message_check_agree() {
+        // `topic::validate_kafka_topic` checks templated topics per message
+        // without a regex; it must say what the CRD's pattern says.
+        let re = Regex::new(KAFKA_TOPIC_PATTERN).unwrap();
+        let long = "a".repeat(250);
+        for name in [
+            "a", ".a", "..a", "...", ".", "..", "", "a/b", "a b", "a.b-c_D9", "ü", &long,
+        ] {
+            let by_pattern = re.is_match(name) && KAFKA_TOPIC_LENGTH.contains(&name.len());
+            assert_eq!(
+                crate::topic::validate_kafka_topic(name).is_ok(),
+                by_pattern,
+                "{name:?}"
+            );
+        }
     }
 
     #[test]

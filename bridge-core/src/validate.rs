@@ -156,7 +156,7 @@ fn check_mqtt<S>(
         return Err(out_of_range("mqtt.connections", &CONNECTIONS));
     }
     if let Some(group) = &mqtt.shared_subscription_group {
-        check_length("mqtt.sharedSubscriptionGroup", group, &(1..=64))?;
+        check_length("mqtt.sharedSubscriptionGroup", group, &SHARED_GROUP_LENGTH)?;
         if !SHARED_GROUP.matches(group) {
             return Err(SpecError::new(
                 "mqtt.sharedSubscriptionGroup",
@@ -199,11 +199,14 @@ fn check_mqtt<S>(
     if let Some(auth) = &mqtt.authentication
         && auth.kind == MqttAuthenticationType::Password
     {
-        if auth.username.as_deref().is_none_or(str::is_empty) {
-            return Err(SpecError::new(
-                "mqtt.authentication.username",
-                "required for type `password`",
-            ));
+        match auth.username.as_deref() {
+            None | Some("") => {
+                return Err(SpecError::new(
+                    "mqtt.authentication.username",
+                    "required for type `password`",
+                ));
+            }
+            Some(u) => check_length("mqtt.authentication.username", u, &USERNAME_LENGTH)?,
         }
         if auth.password_secret.is_none() {
             return Err(SpecError::new(
@@ -233,11 +236,14 @@ fn check_kafka<S>(kafka: &KafkaSpec<S>) -> Result<(), SpecError> {
     if let Some(auth) = &kafka.authentication
         && auth.kind != KafkaAuthenticationType::None
     {
-        if auth.username.as_deref().is_none_or(str::is_empty) {
-            return Err(SpecError::new(
-                "kafka.authentication.username",
-                "required unless type is `none`",
-            ));
+        match auth.username.as_deref() {
+            None | Some("") => {
+                return Err(SpecError::new(
+                    "kafka.authentication.username",
+                    "required unless type is `none`",
+                ));
+            }
+            Some(u) => check_length("kafka.authentication.username", u, &USERNAME_LENGTH)?,
         }
         if auth.password_secret.is_none() {
             return Err(SpecError::new(
@@ -301,7 +307,7 @@ fn check_kafka<S>(kafka: &KafkaSpec<S>) -> Result<(), SpecError> {
         }
     }
     if let Some(group) = &kafka.consumer.group_id {
-        check_length("kafka.consumer.groupId", group, &(1..=255))?;
+        check_length("kafka.consumer.groupId", group, &GROUP_ID_LENGTH)?;
     }
     Ok(())
 }
