@@ -60,13 +60,21 @@ pub struct MqttSpec<S> {
         regex(pattern = SHARED_GROUP_PATTERN)
     )]
     pub shared_subscription_group: Option<String>,
-    /// MQTT connections per replica, in each direction. Each connection has its
-    /// own in-flight window at the broker: MQTT→Kafka subscribes on each (with a
-    /// shared subscription they split the messages), Kafka→MQTT publishes each
-    /// Kafka partition over one of them.
+    /// MQTT connections per replica that MQTT→Kafka subscribes on. Each has its
+    /// own in-flight window at the broker; with a shared subscription they
+    /// split the messages.
     #[serde(default = "default_connections")]
     #[schemars(range(min = *CONNECTIONS.start(), max = *CONNECTIONS.end()))]
     pub connections: u16,
+    /// MQTT connections per replica that Kafka→MQTT publishes over; each Kafka
+    /// partition always goes over the same one, so its order is kept. A
+    /// broker lets each connection have only a few unacknowledged QoS 1/2
+    /// publishes (Mosquitto: 20), so one connection is held to that window
+    /// per round trip. Absent: `connections` or
+    /// [`DEFAULT_KAFKA_TO_MQTT_CONNECTIONS`], whichever is larger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = *CONNECTIONS.start(), max = *CONNECTIONS.end()))]
+    pub publish_connections: Option<u16>,
     /// TLS settings for `mqtts://` URLs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<MqttTls<S>>,
@@ -142,4 +150,44 @@ fn default_session_expiry_seconds() -> u32 {
 }
 fn default_connections() -> u16 {
     1
+}
+
+/// Kafka→MQTT publishing connections when `mqtt.publishConnections` is absent:
+/// four windows of Mosquitto's default 20 kept the broker, not the window,
+/// the limit in the backlog-drain benchmark (bench/RESULTS.md).
+pub const DEFAULT_KAFKA_TO_MQTT_CONNECTIONS: u16 = 4;
+
+impl<S> MqttSpec<S> {
+    /// The connections Kafka→MQTT publishes over.
+    pub fn kafka_to_mqtt_connections(&self) -> u16 {
+        self.publish_connections
+            .unwrap_or(self.connections.max(DEFAULT_KAFKA_TO_MQTT_CONNECTIONS))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> MqttSpec<String> {
+        serde_yaml::from_str(&format!(
+            "url: mqtt://broker:1883\nclientIdPrefix: b\n{yaml}"
+        ))
+        .expect("valid mqtt spec")
+    }
+
+    #[test]
+    fn kafka_to_mqtt_publishes_over_several_connections_by_default() {
+        assert_eq!(
+            spec("").kafka_to_mqtt_connections(),
+            DEFAULT_KAFKA_TO_MQTT_CONNECTIONS
+        );
+        // More subscribing connections than the default: as many publishing.
+        assert_eq!(spec("connections: 6").kafka_to_mqtt_connections(), 6);
+        // Set explicitly: exactly that.
+        assert_eq!(
+            spec("connections: 6\npublishConnections: 1").kafka_to_mqtt_connections(),
+            1
+        );
+    }
 }

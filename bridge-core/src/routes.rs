@@ -109,8 +109,8 @@ pub struct MqttMessage<'a> {
 /// A Kafka record to produce (the payload is the message's own).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordPlan {
-    /// Kafka topic.
-    pub topic: String,
+    /// Kafka topic (shared: a fixed route's topic is not copied per message).
+    pub topic: std::sync::Arc<str>,
     /// Record key.
     pub key: Option<Vec<u8>>,
     /// Record headers.
@@ -467,7 +467,7 @@ fn dead_letter<T>(
     match topic {
         Some(dl) => Disposition::DeadLetter {
             record: RecordPlan {
-                topic: dl.to_owned(),
+                topic: dl.into(),
                 key: None,
                 headers: dead_letter_headers(route, reason, &why.to_string(), source_topic),
             },
@@ -558,7 +558,7 @@ mod tests {
         match &plans[2].1 {
             Disposition::DeadLetter { record, reason } => {
                 assert_eq!(*reason, "payload_not_json");
-                assert_eq!(record.topic, "dl");
+                assert_eq!(&*record.topic, "dl");
                 assert!(
                     record
                         .headers

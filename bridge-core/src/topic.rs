@@ -207,6 +207,9 @@ fn split_template(text: &str) -> Result<Vec<(bool, String)>, String> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KafkaTopicTemplate {
     parts: Vec<Part>,
+    /// The topic when the template has no placeholder: handed out shared,
+    /// so a fixed route allocates nothing per message.
+    fixed: Option<std::sync::Arc<str>>,
 }
 
 impl KafkaTopicTemplate {
@@ -237,16 +240,18 @@ impl KafkaTopicTemplate {
         if parts.is_empty() {
             return Err("must not be empty".into());
         }
+        let mut fixed = None;
         if let [Part::Literal(l)] = parts.as_slice() {
             validate_kafka_topic(l)?;
+            fixed = Some(std::sync::Arc::from(l.as_str()));
         }
-        Ok(Self { parts })
+        Ok(Self { parts, fixed })
     }
 
     /// Fills in the captured levels.
-    pub fn resolve(&self, captures: &[&str]) -> Result<String, Unresolved> {
+    pub fn resolve(&self, captures: &[&str]) -> Result<std::sync::Arc<str>, Unresolved> {
         // A fixed topic was checked when the configuration was loaded.
-        if let [Part::Literal(fixed)] = self.parts.as_slice() {
+        if let Some(fixed) = &self.fixed {
             return Ok(fixed.clone());
         }
         let mut out = String::new();
@@ -258,7 +263,7 @@ impl KafkaTopicTemplate {
             }
         }
         validate_kafka_topic(&out).map_err(|_| Unresolved::InvalidTopic(out.clone()))?;
-        Ok(out)
+        Ok(out.into())
     }
 }
 
@@ -408,7 +413,7 @@ mod tests {
     fn kafka_topic_template() {
         let filter = f("sensors/+/+/x");
         let t = KafkaTopicTemplate::parse("sensors.{1}.{2}", &filter).unwrap();
-        assert_eq!(t.resolve(&["a", "b"]).unwrap(), "sensors.a.b");
+        assert_eq!(&*t.resolve(&["a", "b"]).unwrap(), "sensors.a.b");
         assert!(matches!(
             t.resolve(&["a/b", "c"]),
             Err(Unresolved::InvalidTopic(_))

@@ -48,13 +48,14 @@ pub fn describe_routes(config: &ValidatedConfig) -> String {
     let c = &config.config;
     let _ = writeln!(
         out,
-        "configuration OK: MQTT {} (MQTT {}, {} connection(s), client ids {}), Kafka {}",
+        "configuration OK: MQTT {} (MQTT {}, {} subscribing / {} publishing connection(s), client ids {}), Kafka {}",
         c.mqtt.url,
         match c.mqtt.protocol_version {
             bridge_core::MqttProtocolVersion::V311 => "3.1.1",
             bridge_core::MqttProtocolVersion::V5 => "5",
         },
         c.mqtt.connections,
+        c.mqtt.kafka_to_mqtt_connections(),
         config.client_id("<n>"),
         c.kafka.bootstrap_servers
     );

@@ -116,8 +116,20 @@ pub fn mqtt_publish_size(
 /// (payload, key and headers, plus a record's own overhead).
 pub fn kafka_record_size(payload: usize, key: usize, headers: &[(String, Vec<u8>)]) -> usize {
     const RECORD_OVERHEAD: usize = 64;
-    let headers: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+    let headers: usize = headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + HEADER_OVERHEAD)
+        .sum();
     payload + key + headers + RECORD_OVERHEAD
+}
+
+/// Encoding overhead of one record header (lengths as varints).
+const HEADER_OVERHEAD: usize = 10;
+
+/// What the origin header, which `kafka_side::send` adds to every record,
+/// takes of a record.
+pub fn origin_header_size(origin: &str) -> usize {
+    bridge_core::routes::ORIGIN_HEADER.len() + origin.len() + HEADER_OVERHEAD
 }
 
 /// The most payload bytes a dead-letter record may keep so that the whole
@@ -126,8 +138,9 @@ pub fn dead_letter_payload_budget(
     limit: usize,
     key: usize,
     headers: &[(String, Vec<u8>)],
+    origin: &str,
 ) -> usize {
-    limit.saturating_sub(kafka_record_size(0, key, headers))
+    limit.saturating_sub(kafka_record_size(0, key, headers) + origin_header_size(origin))
 }
 
 /// At most one log line per interval for one kind of event, saying how many
@@ -260,8 +273,12 @@ mod tests {
     #[test]
     fn dead_letter_budget_leaves_room_for_key_and_headers() {
         let headers = vec![("x-bridge-error".to_owned(), b"too_large".to_vec())];
-        let budget = dead_letter_payload_budget(1000, 10, &headers);
-        assert_eq!(kafka_record_size(budget, 10, &headers), 1000);
-        assert_eq!(dead_letter_payload_budget(10, 10, &headers), 0);
+        let budget = dead_letter_payload_budget(1000, 10, &headers, "bridge-a");
+        // The origin header `kafka_side::send` adds counts too.
+        assert_eq!(
+            kafka_record_size(budget, 10, &headers) + origin_header_size("bridge-a"),
+            1000
+        );
+        assert_eq!(dead_letter_payload_budget(10, 10, &headers, "bridge-a"), 0);
     }
 }

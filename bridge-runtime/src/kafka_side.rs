@@ -20,6 +20,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::config::ValidatedConfig;
 use crate::error::BridgeError;
 use crate::metrics::Observability;
+use bridge_core::routes::ORIGIN_HEADER;
 
 /// A record handed to the producer, kept until Kafka confirmed it so a
 /// failed delivery can be sent again.
@@ -43,13 +44,13 @@ pub struct PendingRecord {
     pub received: Instant,
     /// When it was handed to the producer this time.
     pub sent: Instant,
-    /// Kafka topic.
-    pub topic: String,
+    /// Kafka topic (shared with the route for fixed topics).
+    pub topic: Arc<str>,
     /// Record key.
-    pub key: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
     /// Record payload.
     pub payload: Bytes,
-    /// Record headers.
+    /// Record headers, besides the origin header [`send`] adds to every record.
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -308,35 +309,59 @@ pub fn consumer(
                 bridge_core::AutoOffsetReset::Latest => "latest",
             },
         );
-    // librdkafka prefetches up to 64 MiB per consumer by default, too much for
-    // a small pod; 8 MiB still keeps many thousands of sensor readings ahead.
-    // `kafka.properties` can raise it.
-    if !config
-        .config
-        .kafka
-        .properties
-        .contains_key("queued.max.messages.kbytes")
-    {
-        c.set("queued.max.messages.kbytes", "8192");
+    // librdkafka prefetches up to 100,000 records per partition and 64 MiB
+    // by default, and keeps each fetch response in memory: most of the
+    // bridge's memory, for records the in-flight window cannot take yet.
+    // The prefetch is sized from that window instead (`kafka.properties`
+    // can override each).
+    for (key, value) in consumer_prefetch(config.config.max_in_flight_publishes) {
+        if !config.config.kafka.properties.contains_key(key) {
+            c.set(key, value);
+        }
     }
     c.create_with_context(context)
         .map_err(|e| BridgeError::Kafka(format!("creating the consumer: {e}")))
 }
 
-/// Hands a record to the producer. On a full queue the record comes back
+/// The consumer's prefetch, from the Kafka→MQTT in-flight window: a few
+/// windows of records queued, fetches of at most 1 MiB. At the
+/// backlog-drain benchmark's 100-byte records this keeps the publishers fed
+/// (bench/RESULTS.md); larger records are fetched one at a time whatever
+/// the limits say, so nothing is ever too large to consume.
+fn consumer_prefetch(max_in_flight_publishes: u32) -> [(&'static str, String); 5] {
+    let records = max_in_flight_publishes.max(100);
+    [
+        ("queued.min.messages", records.to_string()),
+        ("queued.max.messages.kbytes", "2048".to_owned()),
+        ("fetch.max.bytes", (1024 * 1024).to_string()),
+        ("max.partition.fetch.bytes", (256 * 1024).to_string()),
+        // With a small prefetch the queue is often "full": fetch again soon
+        // after it drains, not after librdkafka's default second.
+        ("fetch.queue.backoff.ms", "10".to_owned()),
+    ]
+}
+
+/// Hands a record to the producer with the loop-prevention header naming
+/// `origin` (this bridge). On a full queue the record comes back
 /// (backpressure): the caller waits and tries again.
 pub fn send(
     producer: &BridgeProducer,
     record: Box<PendingRecord>,
+    origin: &str,
 ) -> Result<(), (KafkaError, Box<PendingRecord>)> {
-    let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+    let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 1);
     for (k, v) in &record.headers {
         headers = headers.insert(Header {
             key: k,
             value: Some(v),
         });
     }
-    // The record owns its data; librdkafka copies topic, key and payload.
+    headers = headers.insert(Header {
+        key: ORIGIN_HEADER,
+        value: Some(origin.as_bytes()),
+    });
+    // The record moves into the producer as its opaque; what librdkafka
+    // copies is borrowed from shared handles (no allocation here).
     let topic = record.topic.clone();
     let key = record.key.clone();
     let payload = record.payload.clone();
@@ -344,7 +369,7 @@ pub fn send(
         .payload(payload.as_ref())
         .headers(headers);
     if let Some(k) = &key {
-        base = base.key(k.as_slice());
+        base = base.key(k.as_ref());
     }
     producer.send(base).map_err(|(e, r)| (e, r.delivery_opaque))
 }
@@ -386,5 +411,38 @@ pub fn check_topics(producer: &BridgeProducer, topics: &[String], observability:
                 .store(false, Ordering::Relaxed);
             tracing::warn!(error = %e, "Kafka metadata request failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefetch(window: u32, key: &str) -> i64 {
+        consumer_prefetch(window)
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(-1)
+    }
+
+    #[test]
+    fn the_prefetch_follows_the_in_flight_window() {
+        assert_eq!(prefetch(1000, "queued.min.messages"), 1000);
+        assert_eq!(prefetch(5000, "queued.min.messages"), 5000);
+        // Never below a useful batch.
+        assert_eq!(prefetch(1, "queued.min.messages"), 100);
+    }
+
+    #[test]
+    fn fetches_stay_legal_for_librdkafka() {
+        // librdkafka refuses a fetch.max.bytes below message.max.bytes
+        // (1,000,000 unless set) and a partition fetch above the whole fetch.
+        let fetch = prefetch(1000, "fetch.max.bytes");
+        assert!(fetch >= 1_000_000, "{fetch}");
+        assert!(prefetch(1000, "max.partition.fetch.bytes") <= fetch);
+        // librdkafka's default back-off would idle the consumer for a
+        // second each time the small queue is full.
+        assert!(prefetch(1000, "fetch.queue.backoff.ms") <= 100);
     }
 }

@@ -1,5 +1,5 @@
-//! Kafka→MQTT: one consumer group member publishing over `mqtt.connections`
-//! MQTT connections.
+//! Kafka→MQTT: one consumer group member publishing over
+//! `mqtt.publishConnections` MQTT connections (default: 4).
 //!
 //! Each partition is published over one connection (partition `i` of those
 //! seen so far over connection `i % n`), so its records stay in order; the
@@ -130,7 +130,7 @@ pub async fn run(
         return;
     }
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let connections = usize::from(config.config.mqtt.connections.max(1));
+    let connections = usize::from(config.config.mqtt.kafka_to_mqtt_connections().max(1));
     let mut p = Publisher {
         config: config.clone(),
         observability: observability.clone(),
@@ -205,7 +205,7 @@ pub async fn run(
                         state.skip_until_resume(m.topic(), m.partition(), m.offset());
                         continue;
                     }
-                    let key = m.key().map(<[u8]>::to_vec);
+                    let key = m.key().map(Bytes::copy_from_slice);
                     // A tombstone (null value) is published with an empty payload;
                     // with `retain: true` that clears the topic's retained message.
                     let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
@@ -410,7 +410,7 @@ struct RecordIn<'a> {
     topic: &'a str,
     partition: i32,
     offset: i64,
-    key: Option<Vec<u8>>,
+    key: Option<Bytes>,
     payload: Bytes,
     own: bool,
 }
@@ -420,7 +420,9 @@ struct State {
     observability: Arc<Observability>,
     producer: Arc<BridgeProducer>,
     partitions: Vec<PartitionState>,
-    index: HashMap<PartitionKey, usize>,
+    /// Topic → partition → index into `partitions` (looked up by `&str`:
+    /// no allocation per record).
+    index: HashMap<String, HashMap<i32, usize>>,
     /// Per connection, publishes handed to rumqttc, in order, waiting for their packet id.
     sent_order: Vec<VecDeque<PendingPublish>>,
     /// Per connection and packet id, oldest first: rumqttc hands a QoS 2
@@ -490,8 +492,8 @@ impl State {
     }
 
     fn partition(&mut self, topic: &str, partition: i32) -> usize {
-        if let Some(i) = self.index.get(&(topic.to_owned(), partition)) {
-            return *i;
+        if let Some(&i) = self.index.get(topic).and_then(|p| p.get(&partition)) {
+            return i;
         }
         let key = (topic.to_owned(), partition);
         let i = self.partitions.len();
@@ -506,7 +508,10 @@ impl State {
             refused: None,
             undeliverable: Vec::new(),
         });
-        self.index.insert(key, i);
+        self.index
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(partition, i);
         i
     }
 
@@ -595,9 +600,7 @@ impl State {
                         .dead_lettered
                         .get_or_create(&metrics::route_reason(name, reason))
                         .inc();
-                    let mut headers = record.headers;
-                    headers.push((ORIGIN_HEADER.to_owned(), origin.as_bytes().to_vec()));
-                    self.send_dead_letter(pi, seq, route, record.topic, headers, &r);
+                    self.send_dead_letter(pi, seq, route, record.topic, record.headers, &r);
                 }
                 Disposition::Drop { reason } => self.count_drop(route, reason, r.topic),
             }
@@ -624,12 +627,8 @@ impl State {
                     .dead_lettered
                     .get_or_create(&metrics::route_reason(&route_cfg.name, reason))
                     .inc();
-                let mut headers = dead_letter_headers(&route_cfg.name, reason, why, r.topic);
-                headers.push((
-                    ORIGIN_HEADER.to_owned(),
-                    config.origin().as_bytes().to_vec(),
-                ));
-                self.send_dead_letter(pi, seq, route, topic.clone(), headers, r);
+                let headers = dead_letter_headers(&route_cfg.name, reason, why, r.topic);
+                self.send_dead_letter(pi, seq, route, topic.as_str().into(), headers, r);
             }
             None => {
                 self.count_drop(route, reason, r.topic);
@@ -646,12 +645,17 @@ impl State {
         pi: usize,
         seq: Seq,
         route: usize,
-        topic: String,
+        topic: Arc<str>,
         headers: Vec<(String, Vec<u8>)>,
         r: &RecordIn<'_>,
     ) {
-        let key_len = r.key.as_ref().map_or(0, Vec::len);
-        let budget = delivery::dead_letter_payload_budget(self.max_record_bytes, key_len, &headers);
+        let key_len = r.key.as_ref().map_or(0, Bytes::len);
+        let budget = delivery::dead_letter_payload_budget(
+            self.max_record_bytes,
+            key_len,
+            &headers,
+            self.config.origin(),
+        );
         let payload = if r.payload.len() > budget {
             r.payload.slice(..budget)
         } else {
@@ -686,7 +690,7 @@ impl State {
         } else if !self.dead_letters_parked.is_empty() {
             self.dead_letters_parked.push_back(record);
         } else {
-            match kafka_side::send(&self.producer, record) {
+            match kafka_side::send(&self.producer, record, self.config.origin()) {
                 Ok(()) => {}
                 Err((e, back))
                     if e.rdkafka_error_code()
@@ -764,7 +768,7 @@ impl State {
             .failed
             .get_or_create(&metrics::route_reason(&name, verdict.label()))
             .inc();
-        tracing::warn!(route = name, topic = record.topic, %error, "dead-letter record not taken; holding it for a retry");
+        tracing::warn!(route = name, topic = &*record.topic, %error, "dead-letter record not taken; holding it for a retry");
         let (topic, order) = (record.topic.clone(), record.order);
         self.dead_letter_retries
             .hold(&topic, &name, order, record, verdict, Instant::now());
@@ -791,12 +795,9 @@ impl State {
     }
 
     fn take_publish(&mut self, conn: usize, pkid: u16) -> Option<PendingPublish> {
-        let waiting = self.by_pkid.get_mut(&(conn, pkid))?;
-        let publish = waiting.pop_front();
-        if waiting.is_empty() {
-            self.by_pkid.remove(&(conn, pkid));
-        }
-        publish
+        // The emptied queue stays for the packet id's next use (ids cycle
+        // through the in-flight window): no allocation per publish.
+        self.by_pkid.get_mut(&(conn, pkid))?.pop_front()
     }
 
     fn on_acked(&mut self, conn: usize, pkid: u16) {
@@ -989,7 +990,7 @@ impl State {
             Rebalance::Revoked(list) => {
                 tracing::info!(partitions = ?list, "partitions revoked");
                 for (topic, partition) in list {
-                    let Some(&pi) = self.index.get(&(topic, partition)) else {
+                    let Some(&pi) = self.index.get(&topic).and_then(|p| p.get(&partition)) else {
                         continue;
                     };
                     let part = &mut self.partitions[pi];
@@ -1165,7 +1166,7 @@ mod tests {
         state.on_acked(0, 7);
         assert_eq!(state.partitions[0].tracker.release(), vec![1]);
         assert_eq!(state.in_flight, 0);
-        assert!(state.by_pkid.is_empty());
+        assert!(state.by_pkid.values().all(VecDeque::is_empty));
         assert_eq!(state.counters[0].forwarded.get(), 2);
         // A stray acknowledgement changes nothing.
         state.on_acked(0, 7);

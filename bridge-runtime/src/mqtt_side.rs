@@ -102,8 +102,10 @@ pub struct ConnectionKind {
     pub manual_acks: bool,
     /// Request channel capacity.
     pub capacity: usize,
-    /// MQTT 3.1.1: most unacknowledged QoS 1/2 publishes we send at once
-    /// (MQTT 5 takes the broker's Receive Maximum instead).
+    /// Most unacknowledged QoS 1/2 publishes we send at once; over MQTT 5
+    /// the broker's Receive Maximum when that is smaller. It also sizes
+    /// rumqttc's table of unacknowledged publishes, which by default has
+    /// room for 65,535 (about 16 MiB a connection, written at start).
     pub outgoing_inflight: u16,
 }
 
@@ -162,7 +164,8 @@ pub fn connect(
                 .set_clean_start(!kind.persistent)
                 .set_manual_acks(kind.manual_acks)
                 .set_max_packet_size(Some(MQTT_MAX_PACKET_BYTES as u32))
-                .set_receive_maximum(Some(config.config.mqtt_receive_maximum));
+                .set_receive_maximum(Some(config.config.mqtt_receive_maximum))
+                .set_outgoing_inflight_upper_limit(kind.outgoing_inflight);
             if kind.persistent {
                 o.set_session_expiry_interval(Some(mqtt.session_expiry_seconds));
             }

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::watch;
 
@@ -90,6 +91,11 @@ pub async fn run(
             return;
         }
     };
+    // Unbounded on purpose: the poll loop must never wait for the pipeline,
+    // or the acknowledgements the pipeline queued would not be written and
+    // both would wait for each other. The broker's in-flight window bounds
+    // it — where the broker honours it (bench/RESULTS.md: Mosquitto 2.0.11
+    // sent a resumed session's backlog past it).
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let loop_task = tokio::spawn(poll_loop(
         eventloop,
@@ -430,8 +436,6 @@ impl Pipeline {
                     continue;
                 }
             };
-            let mut headers = plan.headers;
-            headers.push((ORIGIN_HEADER.to_owned(), origin.as_bytes().to_vec()));
             self.next_order += 1;
             let record = Box::new(PendingRecord {
                 owner: Owner::Mqtt(self.index),
@@ -444,15 +448,15 @@ impl Pipeline {
                 received,
                 sent: received,
                 topic: plan.topic,
-                key: plan.key,
+                key: plan.key.map(Bytes::from),
                 payload: p.payload.clone(),
-                headers,
+                headers: plan.headers,
             });
             let record_bytes = delivery::kafka_record_size(
                 record.payload.len(),
-                record.key.as_ref().map_or(0, Vec::len),
+                record.key.as_ref().map_or(0, Bytes::len),
                 &record.headers,
-            );
+            ) + delivery::origin_header_size(origin);
             if !dead_letter
                 && (record_bytes > self.max_record_bytes || packet_bytes > self.max_packet_bytes)
             {
@@ -504,17 +508,18 @@ impl Pipeline {
             .dead_lettered
             .get_or_create(&metrics::route_reason(&name, reason))
             .inc();
-        let mut headers = dead_letter_headers(&name, reason, why, source_topic);
-        headers.push((
-            ORIGIN_HEADER.to_owned(),
-            self.config.origin().as_bytes().to_vec(),
-        ));
-        let key = record.key.as_ref().map_or(0, Vec::len);
-        let budget = delivery::dead_letter_payload_budget(self.max_record_bytes, key, &headers);
+        let headers = dead_letter_headers(&name, reason, why, source_topic);
+        let key = record.key.as_ref().map_or(0, Bytes::len);
+        let budget = delivery::dead_letter_payload_budget(
+            self.max_record_bytes,
+            key,
+            &headers,
+            self.config.origin(),
+        );
         if record.payload.len() > budget {
             record.payload = record.payload.slice(..budget);
         }
-        record.topic = dead_letter_topic;
+        record.topic = dead_letter_topic.into();
         record.headers = headers;
         record.dead_letter = true;
         self.submit(record);
@@ -543,7 +548,7 @@ impl Pipeline {
     /// Hands a record to the producer; gives it back when the queue is full.
     fn try_send(&mut self, mut record: Box<PendingRecord>) -> Result<(), Box<PendingRecord>> {
         record.sent = Instant::now();
-        match kafka_side::send(&self.producer, record) {
+        match kafka_side::send(&self.producer, record, self.config.origin()) {
             Ok(()) => Ok(()),
             Err((e, back))
                 if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
@@ -585,7 +590,7 @@ impl Pipeline {
                     c.forwarded.inc();
                 }
                 if self.retries.succeeded(&record.topic) {
-                    tracing::info!(topic = record.topic, "Kafka takes records again");
+                    tracing::info!(topic = &*record.topic, "Kafka takes records again");
                 }
                 if let Some(seq) = record.seq {
                     self.tracker.complete(seq);
@@ -617,7 +622,7 @@ impl Pipeline {
         if let Some(more) = self.logs.held.allow(Instant::now()) {
             tracing::warn!(
                 route = name,
-                topic = record.topic,
+                topic = &*record.topic,
                 reason = verdict.label(),
                 %error,
                 not_logged_since_last = more,

@@ -22,7 +22,7 @@ fn config(p: &str, qos: u8, connections: u16) -> String {
         "{}  properties:\n    session.timeout.ms: '6000'\n    heartbeat.interval.ms: '1000'\nroutes:\n  - name: out\n    kafkaToMqtt:\n      kafkaTopics: ['{p}']\n      mqttTopic: '{p}/{{key}}'\n      qos: {qos}\n",
         common::plain_connections(p, "3.1.1").replacen(
             "kafka:\n",
-            &format!("  connections: {connections}\nkafka:\n"),
+            &format!("  publishConnections: {connections}\nkafka:\n"),
             1
         )
     )

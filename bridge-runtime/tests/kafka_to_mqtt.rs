@@ -130,3 +130,71 @@ async fn templates_dead_letters_loops_commits_mqtt_311() {
 async fn templates_dead_letters_loops_commits_mqtt_5() {
     templates_and_dead_letters("5").await;
 }
+
+/// Kafka→MQTT publishes over several connections by default (Mosquitto lets
+/// each only 20 unacknowledged publishes), each partition over one of them:
+/// every record of a key arrives, in order, though the connections race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_publishing_connections_keep_each_keys_order() {
+    testenv::install_crypto_provider();
+    let p = testenv::unique_name("k2m-conns");
+    let topic = format!("{p}.readings");
+    create_topics(&[&topic], 10).await;
+    let config = format!(
+        "{}routes:\n  - name: readings\n    kafkaToMqtt:\n      kafkaTopics: ['{topic}']\n      mqttTopic: '{p}/{{key}}'\n      qos: 1\n",
+        common::plain_connections(&p, "5")
+    );
+    let (client, mut rx) = common::mqtt_client("k2m-conns-sub").await;
+    client
+        .subscribe(format!("{p}/#"), rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 8 keys × 500 records, each payload its key's sequence number.
+    const KEYS: usize = 8;
+    const PER_KEY: usize = 500;
+    let producer: FutureProducer = common::kafka_config(&testenv::var("KAFKA_BOOTSTRAP"))
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let mut sends = Vec::new();
+    for seq in 0..PER_KEY {
+        for k in 0..KEYS {
+            let key = format!("key{k}");
+            let payload = seq.to_string();
+            let delivery = producer
+                .send_result(FutureRecord::to(&topic).key(&key).payload(&payload))
+                .map_err(|(e, _)| e)
+                .unwrap();
+            sends.push(delivery);
+        }
+    }
+    for s in sends {
+        s.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    let mut bridge = Bridge::start(&p, &config);
+    bridge.wait_ready(Duration::from_secs(30));
+
+    let got = received(&mut rx, KEYS * PER_KEY, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), KEYS * PER_KEY, "{}", bridge.log());
+    let mut next = std::collections::BTreeMap::<String, usize>::new();
+    for publish in &got {
+        let seq: usize = std::str::from_utf8(&publish.payload)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let expected = next.entry(publish.topic.clone()).or_insert(0);
+        assert_eq!(seq, *expected, "{} out of order", publish.topic);
+        *expected += 1;
+    }
+    assert_eq!(next.len(), KEYS);
+    // The four publishing connections a user sees in /metrics.
+    let body = bridge.get("/metrics").map(|(_, b)| b).unwrap_or_default();
+    let publishers: BTreeSet<&str> = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("bridge_connection_up{") && l.contains("-out-") && l.ends_with(" 1")
+        })
+        .collect();
+    assert_eq!(publishers.len(), 4, "{body}");
+}

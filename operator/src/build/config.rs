@@ -131,6 +131,7 @@ fn mqtt(m: &MqttSpec<SecretKeyRef>) -> MqttSpec<SecretSource> {
         session_expiry_seconds: m.session_expiry_seconds,
         shared_subscription_group: m.shared_subscription_group.clone(),
         connections: m.connections,
+        publish_connections: m.publish_connections,
         tls: m.tls.as_ref().map(|t| MqttTls {
             trusted_ca: file(&t.trusted_ca),
             client_certificate: file(&t.client_certificate),
