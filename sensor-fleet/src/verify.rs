@@ -117,6 +117,27 @@ pub async fn kafka(
     start_at: StartAt,
     control: Arc<Control>,
 ) -> Result<Verifier> {
+    kafka_clocked(endpoint, topic, start_at, control, Clock::Arrival).await
+}
+
+/// Which time a Kafka verifier takes as a record's arrival.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// When the verifier read it (latency is end to end).
+    Arrival,
+    /// The record's timestamp (CreateTime: when the producer made it), so a
+    /// verifier that started late still measures the producer's pace.
+    Record,
+}
+
+/// [`kafka`] with a choice of [`Clock`].
+pub async fn kafka_clocked(
+    endpoint: &KafkaEndpoint,
+    topic: &str,
+    start_at: StartAt,
+    control: Arc<Control>,
+    clock: Clock,
+) -> Result<Verifier> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Offset, TopicPartitionList};
     let consumer: BaseConsumer = endpoint
@@ -173,8 +194,12 @@ pub async fn kafka(
         loop {
             match consumer.poll(Duration::from_millis(50)) {
                 Some(Ok(m)) => {
-                    let now = payload::now_micros();
-                    c.touch(now);
+                    let read = payload::now_micros();
+                    c.touch(read);
+                    let now = match (clock, m.timestamp().to_millis()) {
+                        (Clock::Record, Some(ms)) if ms > 0 => ms as u64 * 1000,
+                        _ => read,
+                    };
                     match m.payload().and_then(payload::decode) {
                         Some(r) => {
                             t.record(&r.sensor_id, r.seq, r.timestamp, now, Some(m.partition()))
@@ -223,6 +248,10 @@ pub struct MqttSub {
     /// Decode and account each message; off, it only acknowledges and counts
     /// (the broker's ceiling, measured with the least client work).
     pub account: bool,
+    /// Keep the broker session (seconds it outlives the connection over
+    /// MQTT 5; MQTT 3.1.1 sessions persist until cleaned): messages published
+    /// while disconnected wait for the next connection with the same ids.
+    pub session_expiry: Option<u32>,
 }
 
 impl MqttSub {
@@ -236,6 +265,7 @@ impl MqttSub {
             receive_maximum: 1000,
             client_id_prefix: format!("sensor-fleet-verify-{}", std::process::id()),
             account: true,
+            session_expiry: None,
         }
     }
 
@@ -288,13 +318,14 @@ pub async fn mqtt(sub: &MqttSub, control: Arc<Control>) -> Result<Verifier> {
         if sub.v5 {
             let mut o = sub.endpoint.options_v5(&id)?;
             o.set_receive_maximum(Some(sub.receive_maximum))
-                .set_clean_start(true);
+                .set_clean_start(sub.session_expiry.is_none())
+                .set_session_expiry_interval(sub.session_expiry);
             conns.push(tokio::spawn(sub_v5(
                 o, filter, qos, shared, control, ready, account,
             )));
         } else {
             let mut o = sub.endpoint.options_v311(&id)?;
-            o.set_clean_session(true);
+            o.set_clean_session(sub.session_expiry.is_none());
             conns.push(tokio::spawn(sub_v311(
                 o, filter, qos, shared, control, ready, account,
             )));

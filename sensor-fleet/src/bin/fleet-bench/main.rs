@@ -4,6 +4,7 @@
 //! and writes `target/bench/<scenario>.json`.
 
 mod bridge;
+mod drain;
 mod operator;
 mod procs;
 
@@ -26,6 +27,9 @@ pub enum Scenario {
     KafkaToMqtt,
     /// 500 bridges through a separately running operator.
     OperatorScale,
+    /// Backlog drain in both directions: the broker-alone ceiling, this
+    /// bridge and the peer bridges the machine has, several rounds each.
+    Drain,
     /// Every scenario above, one after the other.
     All,
 }
@@ -60,6 +64,10 @@ pub struct Args {
     /// subscriber in the peak scenario); unset: the bridge's default.
     #[arg(long)]
     pub bridge_receive_maximum: Option<u16>,
+    /// Drain scenario: the bridge's `mqtt.publishConnections` (Kafka→MQTT);
+    /// unset: the bridge's default.
+    #[arg(long)]
+    pub bridge_publish_connections: Option<u16>,
     /// The bridge producer's `linger.ms`; unset: the bridge's default.
     #[arg(long)]
     pub bridge_linger_ms: Option<u32>,
@@ -73,6 +81,19 @@ pub struct Args {
     /// Number of bridges of the operator scenario.
     #[arg(long, default_value_t = 500)]
     pub bridges: usize,
+    /// Rounds of the drain scenario (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Messages in each backlog of the drain scenario.
+    #[arg(long, default_value_t = 100_000)]
+    pub drain_messages: u64,
+    /// Drain scenario: only the contestants whose name contains one of these
+    /// (`ceiling`, `bridge`, `python`, `benthos`); all when absent.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Drain scenario: only this direction (`mqtt-to-kafka` or `kafka-to-mqtt`).
+    #[arg(long)]
+    pub direction: Option<String>,
 }
 
 /// The test environment's addresses.
@@ -171,6 +192,9 @@ async fn run(args: &Args) -> Result<()> {
     }
     if is(Scenario::KafkaToMqtt) {
         bridge::kafka_to_mqtt(args, &env).await?;
+    }
+    if is(Scenario::Drain) {
+        drain::drain(args, &env).await?;
     }
     if is(Scenario::OperatorScale) {
         operator::scale(args).await?;

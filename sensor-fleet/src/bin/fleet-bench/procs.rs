@@ -182,8 +182,22 @@ pub fn memory(pid: u32) -> Memory {
     }
 }
 
-/// Starts bridge-runtime with `config` (YAML without the `http` section).
+/// Starts bridge-runtime with `config` (YAML without the `http` section)
+/// and waits until it is ready.
 pub fn start_bridge(bin: &Path, dir: &Path, config: &str) -> Result<(Proc, String)> {
+    let (mut p, http) = spawn_bridge_at(bin, dir, config)?;
+    p.wait_until(Duration::from_secs(60), || {
+        matches!(http_get(&http, "/readyz"), Some((200, _)))
+    })?;
+    Ok((p, http))
+}
+
+/// Starts bridge-runtime with `config` without waiting for it.
+pub fn spawn_bridge(bin: &Path, dir: &Path, config: &str) -> Result<Proc> {
+    Ok(spawn_bridge_at(bin, dir, config)?.0)
+}
+
+fn spawn_bridge_at(bin: &Path, dir: &Path, config: &str) -> Result<(Proc, String)> {
     std::fs::create_dir_all(dir)?;
     let port = free_port()?;
     let http = format!("127.0.0.1:{port}");
@@ -192,7 +206,7 @@ pub fn start_bridge(bin: &Path, dir: &Path, config: &str) -> Result<(Proc, Strin
         &path,
         format!("{config}http:\n  address: {http}\nshutdownGracePeriodSeconds: 5\n"),
     )?;
-    let mut p = Proc::spawn(
+    let p = Proc::spawn(
         "bridge-runtime",
         Command::new(bin)
             .args(["run", "--config"])
@@ -200,15 +214,17 @@ pub fn start_bridge(bin: &Path, dir: &Path, config: &str) -> Result<(Proc, Strin
             .env("RUST_LOG", "warn"),
         &dir.join("bridge.log"),
     )?;
-    p.wait_until(Duration::from_secs(60), || {
-        matches!(http_get(&http, "/readyz"), Some((200, _)))
-    })?;
     Ok((p, http))
 }
 
 /// A Mosquitto with nothing but a listener: every other setting at its
 /// default (in-flight window 20, `max_queued_messages` 1000, no persistence).
 pub fn start_default_mosquitto(dir: &Path) -> Result<(Proc, String)> {
+    start_mosquitto(dir, "")
+}
+
+/// A Mosquitto with a listener and the `extra` lines of configuration.
+pub fn start_mosquitto(dir: &Path, extra: &str) -> Result<(Proc, String)> {
     std::fs::create_dir_all(dir)?;
     let bin = [
         "/usr/sbin/mosquitto",
@@ -222,7 +238,7 @@ pub fn start_default_mosquitto(dir: &Path) -> Result<(Proc, String)> {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\n{extra}"),
     )?;
     let mut p = Proc::spawn(
         "mosquitto (defaults)",
