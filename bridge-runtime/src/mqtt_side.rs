@@ -355,18 +355,21 @@ fn qos5(qos: u8) -> rumqttc::v5::mqttbytes::QoS {
 }
 
 impl MqttClient {
-    /// Acknowledges a received message (manual acks).
-    pub async fn ack(&self, qos: u8, pkid: u16) -> Result<(), String> {
+    /// Queues the acknowledgement of a received message (manual acks)
+    /// without waiting: `false` when the request queue is full (the event
+    /// loop has not written what is queued yet); the caller keeps it and
+    /// tries again, in order.
+    pub fn try_ack(&self, qos: u8, pkid: u16) -> bool {
         match self {
             Self::V4(c) => {
                 let mut p = rumqttc::Publish::new("", qos4(qos), Vec::new());
                 p.pkid = pkid;
-                c.ack(&p).await.map_err(|e| e.to_string())
+                c.try_ack(&p).is_ok()
             }
             Self::V5(c) => {
                 let mut p = m5::Publish::new("", qos5(qos), Bytes::new(), None);
                 p.pkid = pkid;
-                c.ack(&p).await.map_err(|e| e.to_string())
+                c.try_ack(&p).is_ok()
             }
         }
     }

@@ -56,6 +56,9 @@ struct Held {
     received: Instant,
 }
 
+/// Room for events besides messages (connects, subscriptions, disconnects).
+const EVENT_SLACK: usize = 64;
+
 /// What the event-loop task passes to the pipeline.
 enum LoopEvent {
     Mqtt(MqttEvent),
@@ -91,12 +94,18 @@ pub async fn run(
             return;
         }
     };
-    // Unbounded on purpose: the poll loop must never wait for the pipeline,
-    // or the acknowledgements the pipeline queued would not be written and
-    // both would wait for each other. The broker's in-flight window bounds
-    // it — where the broker honours it (bench/RESULTS.md: Mosquitto 2.0.11
-    // sent a resumed session's backlog past it).
-    let (events_tx, mut events) = mpsc::unbounded_channel();
+    // Bounded by the in-flight window: a broker that honours Receive Maximum
+    // (or `max_inflight_messages`) never fills it. Mosquitto 2.0.11 sends a
+    // resumed session's backlog past the window once acknowledgements flow
+    // (bench/RESULTS.md); then the poll loop waits here and TCP keeps the
+    // rest at the broker instead of in our memory. The pipeline never waits
+    // on the poll loop in turn (acknowledgements are queued with `try_ack`),
+    // so the two cannot wait for each other.
+    let (events_tx, mut events) = mpsc::channel(
+        usize::from(config.config.mqtt_receive_maximum)
+            .max(usize::from(mqtt_side::DEFAULT_OUTGOING_INFLIGHT))
+            + EVENT_SLACK,
+    );
     let loop_task = tokio::spawn(poll_loop(
         eventloop,
         events_tx,
@@ -124,7 +133,7 @@ pub async fn run(
                     pipeline.on_report(r);
                 }
                 pipeline.send_parked();
-                pipeline.release_acks().await;
+                pipeline.release_acks();
             }
             Some(event) = events.recv(), if taking => {
                 match event {
@@ -147,12 +156,16 @@ pub async fn run(
                     LoopEvent::Mqtt(_) => {}
                     LoopEvent::Disconnected => pipeline.on_disconnected(),
                 }
+                // The event loop just made room in the client's queue.
+                if !pipeline.unsent_acks.is_empty() {
+                    pipeline.release_acks();
+                }
             }
             _ = tick.tick() => {
                 observability.health.beat(heartbeat);
                 pipeline.send_parked();
                 pipeline.resend_due();
-                pipeline.release_acks().await;
+                pipeline.release_acks();
                 pipeline.update_gauges();
             }
             _ = shutdown.changed(), if drain_deadline.is_none() => {
@@ -161,7 +174,8 @@ pub async fn run(
             }
         }
         if let Some(deadline) = drain_deadline
-            && (pipeline.tracker.is_empty() || tokio::time::Instant::now() >= deadline)
+            && ((pipeline.tracker.is_empty() && pipeline.unsent_acks.is_empty())
+                || tokio::time::Instant::now() >= deadline)
         {
             if !pipeline.tracker.is_empty() {
                 tracing::warn!(
@@ -181,7 +195,7 @@ pub async fn run(
 /// Polls the event loop forever, reconnecting with capped backoff.
 async fn poll_loop(
     mut eventloop: MqttEventLoop,
-    events: UnboundedSender<LoopEvent>,
+    events: mpsc::Sender<LoopEvent>,
     observability: Arc<Observability>,
     client_id: String,
     fatal: UnboundedSender<BridgeError>,
@@ -201,7 +215,7 @@ async fn poll_loop(
                         .set(1);
                     tracing::info!(client_id, "MQTT connected");
                 }
-                if events.send(LoopEvent::Mqtt(event)).is_err() {
+                if events.send(LoopEvent::Mqtt(event)).await.is_err() {
                     return;
                 }
             }
@@ -220,7 +234,7 @@ async fn poll_loop(
                     .reconnects
                     .get_or_create(&labels)
                     .inc();
-                if events.send(LoopEvent::Disconnected).is_err() {
+                if events.send(LoopEvent::Disconnected).await.is_err() {
                     return;
                 }
                 if why.contains("Requests done") {
@@ -249,6 +263,8 @@ struct Pipeline {
     producer: Arc<BridgeProducer>,
     observability: Arc<Observability>,
     tracker: AckTracker<Held>,
+    /// Acknowledgements released in order but not yet taken by the client.
+    unsent_acks: VecDeque<(u8, u16)>,
     /// Bumped on every (re)connect; reports of older epochs are ignored.
     epoch: u64,
     /// Arrival number of the next record.
@@ -289,6 +305,7 @@ impl Pipeline {
             client,
             producer,
             tracker: AckTracker::new(),
+            unsent_acks: VecDeque::new(),
             epoch: 0,
             next_order: 0,
             parked: VecDeque::new(),
@@ -336,6 +353,8 @@ impl Pipeline {
     async fn on_connected(&mut self, session_present: bool) {
         self.epoch += 1;
         self.tracker.clear();
+        // Packet ids of the old connection: the broker sends those messages again.
+        self.unsent_acks.clear();
         self.parked.clear();
         self.retries.clear();
         self.show_refusals();
@@ -379,7 +398,7 @@ impl Pipeline {
                     },
                     0,
                 );
-                self.release_acks().await;
+                self.release_acks();
             }
             return;
         }
@@ -473,7 +492,7 @@ impl Pipeline {
             self.submit(record);
         }
         if seq.is_some() && records == 0 {
-            self.release_acks().await;
+            self.release_acks();
         }
     }
 
@@ -677,21 +696,25 @@ impl Pipeline {
             .set_refusals(&self.owner, refusals);
     }
 
-    /// Sends the acknowledgements that are due, in arrival order.
-    async fn release_acks(&mut self) {
+    /// Sends the acknowledgements that are due, in arrival order. Those the
+    /// client's request queue has no room for yet wait in `unsent_acks`
+    /// (never blocking: the event loop that empties the queue may itself be
+    /// waiting for this pipeline to take an event).
+    fn release_acks(&mut self) {
         let released = self.tracker.release();
-        if released.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        for held in &released {
-            self.forward_latency
-                .observe(now.duration_since(held.received).as_secs_f64());
-        }
-        for held in released {
-            if let Err(e) = self.client.ack(held.qos, held.pkid).await {
-                tracing::warn!(error = %e, "could not queue an acknowledgement");
+        if !released.is_empty() {
+            let now = Instant::now();
+            for held in released {
+                self.forward_latency
+                    .observe(now.duration_since(held.received).as_secs_f64());
+                self.unsent_acks.push_back((held.qos, held.pkid));
             }
+        }
+        while let Some(&(qos, pkid)) = self.unsent_acks.front() {
+            if !self.client.try_ack(qos, pkid) {
+                return;
+            }
+            self.unsent_acks.pop_front();
         }
     }
 
