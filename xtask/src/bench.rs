@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{paths, prereq, testenv, toolchain};
+use crate::{paths, peers, prereq, testenv, toolchain};
 
 pub fn run(args: &[String]) -> Result<()> {
     prereq::ensure()?;
@@ -41,11 +41,22 @@ pub fn run(args: &[String]) -> Result<()> {
     let path = std::env::join_paths(dirs).context("build PATH")?;
 
     paths::cargo_build_release(&["bridge-runtime", "operator", "sensor-fleet"])?;
+    // The drain scenario compares with other bridges: ready them (a venv,
+    // a Go build; each skipped with its reason when it cannot be had).
+    let scenario = args.first().map(String::as_str).unwrap_or("reference");
+    let peer_vars = if matches!(scenario, "drain" | "all") {
+        peers::env(&peers::prepare(
+            &paths::workspace().join("target").join("bench-peers"),
+        ))
+    } else {
+        Vec::new()
+    };
     let bin = paths::workspace().join("target/release/fleet-bench");
     let status = Command::new(&bin)
         .current_dir(paths::workspace())
         .args(args)
         .envs(&vars)
+        .envs(peer_vars)
         .env("PATH", path)
         .status()
         .with_context(|| format!("run {}", bin.display()))?;

@@ -13,6 +13,7 @@ mod bench;
 mod demo;
 mod images;
 mod paths;
+mod peers;
 mod prereq;
 mod test;
 mod testenv;
