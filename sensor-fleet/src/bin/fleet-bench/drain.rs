@@ -374,12 +374,29 @@ fn backlog_fleet(args: &Args, prefix: &str, topic_template: String) -> Fleet {
     f
 }
 
-/// Starts a peer with the environment of the contract in `bench/peers/README.md`.
-fn start_peer(cmd: &[String], log: &std::path::Path, vars: &[(&str, String)]) -> Result<Proc> {
+/// Where and how a peer runs: the contract of `bench/peers/README.md`.
+struct PeerRun<'a> {
+    direction: Direction,
+    mqtt_url: &'a str,
+    kafka: &'a str,
+    client_id: String,
+    /// Direction-specific variables (`PEER_MQTT_FILTER`, `PEER_KAFKA_GROUP`, …).
+    more: Vec<(&'static str, String)>,
+}
+
+/// Starts a peer with the environment of the contract.
+fn start_peer(cmd: &[String], log: &std::path::Path, run: PeerRun<'_>) -> Result<Proc> {
     let (program, rest) = cmd.split_first().context("empty peer command")?;
+    let (host, port) = mqtt_host_port(run.mqtt_url)?;
     let mut c = Command::new(program);
-    c.args(rest);
-    for (k, v) in vars {
+    c.args(rest)
+        .env("PEER_DIRECTION", run.direction.peer_env())
+        .env("PEER_MQTT_HOST", host)
+        .env("PEER_MQTT_PORT", port)
+        .env("PEER_MQTT_CLIENT_ID", run.client_id)
+        .env("PEER_QOS", "1")
+        .env("PEER_KAFKA_BOOTSTRAP", run.kafka);
+    for (k, v) in run.more {
         c.env(k, v);
     }
     Proc::spawn(program, &mut c, log)
@@ -476,20 +493,19 @@ async fn m2k(
         Contestant::Peer { cmd, .. } => {
             let v = verify::kafka_clocked(&kafka, &id, StartAt::Beginning, control, Clock::Record)
                 .await?;
-            let (host, port) = mqtt_host_port(mqtt_url)?;
             let p = start_peer(
                 cmd,
                 &log,
-                &[
-                    ("PEER_DIRECTION", Direction::MqttToKafka.peer_env().into()),
-                    ("PEER_MQTT_HOST", host),
-                    ("PEER_MQTT_PORT", port),
-                    ("PEER_MQTT_CLIENT_ID", format!("{session_prefix}-0")),
-                    ("PEER_QOS", "1".into()),
-                    ("PEER_MQTT_FILTER", filter.clone()),
-                    ("PEER_KAFKA_BOOTSTRAP", env.kafka.clone()),
-                    ("PEER_KAFKA_TOPIC", id.clone()),
-                ],
+                PeerRun {
+                    direction: Direction::MqttToKafka,
+                    mqtt_url,
+                    kafka: &env.kafka,
+                    client_id: format!("{session_prefix}-0"),
+                    more: vec![
+                        ("PEER_MQTT_FILTER", filter.clone()),
+                        ("PEER_KAFKA_TOPIC", id.clone()),
+                    ],
+                },
             )?;
             (v, Some(p))
         }
@@ -565,21 +581,20 @@ async fn k2m(
             backlog.map(|b| b.expected).unwrap_or_default()
         }
         Contestant::Peer { cmd, .. } => {
-            let (host, port) = mqtt_host_port(mqtt_url)?;
             process = Some(start_peer(
                 cmd,
                 &log,
-                &[
-                    ("PEER_DIRECTION", Direction::KafkaToMqtt.peer_env().into()),
-                    ("PEER_MQTT_HOST", host),
-                    ("PEER_MQTT_PORT", port),
-                    ("PEER_MQTT_CLIENT_ID", format!("{id}-peer")),
-                    ("PEER_QOS", "1".into()),
-                    ("PEER_MQTT_TOPIC_PREFIX", id.clone()),
-                    ("PEER_KAFKA_BOOTSTRAP", env.kafka.clone()),
-                    ("PEER_KAFKA_TOPIC", id.clone()),
-                    ("PEER_KAFKA_GROUP", id.clone()),
-                ],
+                PeerRun {
+                    direction: Direction::KafkaToMqtt,
+                    mqtt_url,
+                    kafka: &env.kafka,
+                    client_id: format!("{id}-peer"),
+                    more: vec![
+                        ("PEER_MQTT_TOPIC_PREFIX", id.clone()),
+                        ("PEER_KAFKA_TOPIC", id.clone()),
+                        ("PEER_KAFKA_GROUP", id.clone()),
+                    ],
+                },
             )?);
             backlog.map(|b| b.expected).unwrap_or_default()
         }
