@@ -412,12 +412,8 @@ fn mqtt_host_port(url: &str) -> Result<(String, String)> {
 
 /// Creates the persistent session a contestant resumes: subscribed at QoS 1,
 /// then disconnected, so what is published next waits in it.
-async fn create_session(mqtt: &MqttEndpoint, filter: &str, prefix: &str, v5: bool) -> Result<()> {
-    let mut sub = MqttSub::new(mqtt.clone(), filter);
-    sub.v5 = v5;
-    sub.client_id_prefix = prefix.to_owned();
-    sub.session_expiry = Some(SESSION_EXPIRY);
-    let v = verify::mqtt(&sub, Control::new(Duration::from_secs(30), IDLE)).await?;
+async fn create_session(session: &MqttSub) -> Result<()> {
+    let v = verify::mqtt(session, Control::new(Duration::from_secs(30), IDLE)).await?;
     v.control.cancel();
     v.finish().await?;
     Ok(())
@@ -449,7 +445,7 @@ async fn m2k(
     session.client_id_prefix = session_prefix.clone();
     session.session_expiry = Some(SESSION_EXPIRY);
     session.receive_maximum = receive_maximum;
-    create_session(&mqtt, &filter, &session_prefix, v5).await?;
+    create_session(&session).await?;
     if *who != Contestant::Ceiling {
         conn::create_topic(&kafka, &id, PARTITIONS).await?;
     }
