@@ -46,16 +46,23 @@ pub fn check_manifest(text: &str) -> Result<Option<String>, BridgeError> {
 pub fn describe_routes(config: &ValidatedConfig) -> String {
     let mut out = String::new();
     let c = &config.config;
+    // The connections the bridge opens: per direction, only for one it has.
+    let mut connections = Vec::new();
+    if !config.routes.mqtt_to_kafka.is_empty() {
+        connections.push(format!("{} subscribing", c.mqtt.connections));
+    }
+    if !config.routes.kafka_to_mqtt.is_empty() {
+        connections.push(format!("{} publishing", c.mqtt.kafka_to_mqtt_connections()));
+    }
     let _ = writeln!(
         out,
-        "configuration OK: MQTT {} (MQTT {}, {} subscribing / {} publishing connection(s), client ids {}), Kafka {}",
+        "configuration OK: MQTT {} (MQTT {}, {} connection(s), client ids {}), Kafka {}",
         c.mqtt.url,
         match c.mqtt.protocol_version {
             bridge_core::MqttProtocolVersion::V311 => "3.1.1",
             bridge_core::MqttProtocolVersion::V5 => "5",
         },
-        c.mqtt.connections,
-        c.mqtt.kafka_to_mqtt_connections(),
+        connections.join(" + "),
         config.client_id("<n>"),
         c.kafka.bootstrap_servers
     );

@@ -360,8 +360,9 @@ pub fn send(
         key: ORIGIN_HEADER,
         value: Some(origin.as_bytes()),
     });
-    // The record moves into the producer as its opaque; what librdkafka
-    // copies is borrowed from shared handles (no allocation here).
+    // The record moves into the producer as its opaque; topic, key and
+    // payload are borrowed from shared handles of it (reference counts, no
+    // copies on our side; librdkafka copies them and the headers).
     let topic = record.topic.clone();
     let key = record.key.clone();
     let payload = record.payload.clone();

@@ -433,7 +433,10 @@ async fn m2k(
     let kafka = KafkaEndpoint::plain(&env.kafka);
     let log_dir = args.out.join("drain");
     let log = log_dir.join(format!("{id}.log"));
-    let receive_maximum = crds::DEFAULT_MQTT_RECEIVE_MAXIMUM;
+    // The ceiling gets the bridge's window, whatever the flags make it.
+    let receive_maximum = args
+        .bridge_receive_maximum
+        .unwrap_or(crds::DEFAULT_MQTT_RECEIVE_MAXIMUM);
     // Client ids: the bridge's is `<prefix>-<slot>-<connection>`.
     let (session_prefix, v5) = match who {
         Contestant::Ceiling => (format!("{id}-ceiling"), true),
@@ -506,7 +509,7 @@ async fn m2k(
             (v, Some(p))
         }
     };
-    finish(verifier, process.as_mut(), sent, started, &backlog.expected).await
+    finish(verifier, process.as_mut(), started, &backlog.expected).await
 }
 
 /// Kafka→MQTT: the backlog waits in Kafka; a subscriber that connected
@@ -559,7 +562,10 @@ async fn k2m(
             // Plain publishers with the bridge's connections and window,
             // publishing the same payloads to the same topics from memory.
             let mut sim = MqttSim::new(backlog_fleet(args, &id, format!("{id}/{{id}}")), mqtt);
-            sim.connections = crds::DEFAULT_KAFKA_TO_MQTT_CONNECTIONS as usize;
+            sim.connections = usize::from(
+                args.bridge_publish_connections
+                    .unwrap_or(crds::DEFAULT_KAFKA_TO_MQTT_CONNECTIONS),
+            );
             sim.client_id_prefix = format!("{id}-ceiling");
             sim.drain_timeout = Duration::from_secs(60);
             let s = simulate::simulate_mqtt(&sim).await?;
@@ -597,26 +603,24 @@ async fn k2m(
     };
     let sent = expected.total();
     control.set_expected(sent);
-    finish(verifier, process.as_mut(), sent, started, &expected).await
+    finish(verifier, process.as_mut(), started, &expected).await
 }
 
 /// Waits for the judge, then measures and stops the contestant's process.
 async fn finish(
     verifier: verify::Verifier,
     mut process: Option<&mut Proc>,
-    sent: u64,
     started: Instant,
     expected: &sensor_fleet::Expected,
 ) -> Result<Drain> {
-    // CPU from the process's start: /proc counts it from 0.
-    let watch = process.as_ref().map(|p| p.pid());
     let (tracker, why) = verifier.finish().await?;
     let wall_s = started.elapsed().as_secs_f64();
     let mut cpu_us_per_msg = None;
     let mut peak_rss_mib = None;
-    if let (Some(pid), Some(p)) = (watch, process.as_mut()) {
-        let cpu = procs::cpu_sample(pid)?;
-        peak_rss_mib = Some(procs::memory(pid).peak_rss_mib);
+    if let Some(p) = process.as_mut() {
+        // CPU from the process's start: /proc counts it from 0.
+        let cpu = procs::cpu_sample(p.pid())?;
+        peak_rss_mib = Some(procs::memory(p.pid()).peak_rss_mib);
         p.check_alive()?;
         p.stop(Duration::from_secs(10));
         let delivered = tracker.unique().max(1);
@@ -624,7 +628,7 @@ async fn finish(
     }
     let r = tracker.report(Some(expected));
     Ok(Drain {
-        sent,
+        sent: expected.total(),
         delivered: r.unique,
         missing: r.missing,
         duplicates: r.duplicates,
