@@ -110,8 +110,7 @@ pub fn configure(
     };
 
     // Format the storage once: a cluster id and the SCRAM credential.
-    use base64::Engine as _;
-    let cluster_id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(super::random_bytes());
+    let cluster_id = kafka_cluster_id(super::random_bytes());
     let mut format = Command::new(&tools.java);
     format
         .args(jvm("kafka.tools.StorageTool"))
@@ -393,4 +392,38 @@ pub fn acl(dir: &Path, args: &AclArgs) -> Result<()> {
         started.elapsed().as_millis()
     );
     Ok(())
+}
+
+/// A Kafka cluster id: 16 bytes in URL-safe base64, like `kafka-storage random-uuid`.
+/// The top bit of the first byte is cleared so the id never starts with `-`
+/// (one id in 64 otherwise did, and StorageTool then read it as an option:
+/// "argument --cluster-id/-t: expected one argument").
+fn kafka_cluster_id(mut bytes: [u8; 16]) -> String {
+    use base64::Engine as _;
+    bytes[0] &= 0x7f;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kafka_cluster_id;
+
+    #[test]
+    fn a_cluster_id_never_starts_like_an_option() {
+        // 0xf8 = 111110.. encodes as `-` in URL-safe base64, 0xfc as `_`.
+        for first in [0xf8u8, 0xfb, 0xfc, 0xff, 0x00] {
+            let mut bytes = [0xf8u8; 16];
+            bytes[0] = first;
+            let id = kafka_cluster_id(bytes);
+            assert_eq!(id.len(), 22, "{id}");
+            assert!(!id.starts_with('-'), "{id}");
+        }
+        // Without the fix this input would start with `-`.
+        use base64::Engine as _;
+        assert!(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode([0xf8u8; 16])
+                .starts_with('-')
+        );
+    }
 }
