@@ -38,7 +38,9 @@ pub struct Metrics {
     pub dropped: Family<Labels, Counter>,
     /// Messages waiting for their acknowledgement, per direction.
     pub in_flight: Family<Labels, Gauge>,
-    /// Time from receipt to acknowledgement (MQTT→Kafka) or commit-ready (Kafka→MQTT).
+    /// Per direction, time from receipt to acknowledgement: MQTT→Kafka from
+    /// the MQTT message to its PUBACK (Kafka holds every record), Kafka→MQTT
+    /// from the record to the broker's acknowledgement of its publish.
     pub forward_latency: Family<Labels, Histogram>,
     /// Time Kafka took to confirm a record.
     pub kafka_delivery_latency: Histogram,

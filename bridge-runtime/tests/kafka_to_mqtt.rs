@@ -100,6 +100,11 @@ async fn templates_and_dead_letters(protocol: &str) {
         bridge.metric("bridge_messages_forwarded_total{route=\"cmds\""),
         1.0
     );
+    // Its time from Kafka to the broker's acknowledgement is in the histogram.
+    assert_eq!(
+        bridge.metric("bridge_forward_latency_seconds_count{direction=\"kafka_to_mqtt\"}"),
+        1.0
+    );
 
     // Committed: after a clean restart nothing is published again.
     bridge.sigterm();
