@@ -67,6 +67,8 @@ struct PendingPublish {
     qos: u8,
     /// The MQTT topic, named by `/readyz` if the broker refuses it.
     topic: String,
+    /// When the record came from Kafka, for `bridge_forward_latency_seconds`.
+    received: Instant,
 }
 
 /// The broker refused a publish of a partition: it is paused until `due`,
@@ -375,6 +377,9 @@ impl Publisher {
                         let _ = fatal.send(BridgeError::MqttRefused(format!("{client_id}: {why}")));
                         return;
                     }
+                    // The pipeline dropped this generation's clients; `drop_client`
+                    // marked the connections down.
+                    Err(PollError::Closed) => return,
                     Err(PollError::Connection(why)) => {
                         tracing::warn!(client_id, error = %why, "MQTT publisher connection lost");
                         observability
@@ -397,10 +402,20 @@ impl Publisher {
         true
     }
 
+    /// Ends every connection of this generation. Their loops are aborted
+    /// and cannot say so themselves: `bridge_connection_up` turns 0 here.
     fn drop_client(&mut self) {
         self.clients.clear();
         for t in self.loop_tasks.drain(..) {
             t.abort();
+        }
+        for conn in 0..self.connections {
+            let client_id = self.config.client_id(format!("out-{conn}"));
+            self.observability
+                .metrics
+                .connection_up
+                .get_or_create(&metrics::connection("mqtt", &client_id))
+                .set(0);
         }
     }
 }
@@ -446,6 +461,8 @@ struct State {
     max_record_bytes: usize,
     /// Per route (index into the route table's Kafka→MQTT routes).
     counters: Vec<metrics::RouteCounters>,
+    /// Receipt from Kafka to the broker's acknowledgement of the publish.
+    forward_latency: prometheus_client::metrics::histogram::Histogram,
     dropped_log: LogEvery,
     refused_log: LogEvery,
 }
@@ -486,6 +503,9 @@ impl State {
                         .route_counters(&r.name, metrics::KAFKA_TO_MQTT)
                 })
                 .collect(),
+            forward_latency: observability
+                .metrics
+                .forward_latency_of(metrics::KAFKA_TO_MQTT),
             dropped_log: LogEvery::new(Duration::from_secs(10)),
             refused_log: LogEvery::new(Duration::from_secs(10)),
         }
@@ -516,6 +536,7 @@ impl State {
     }
 
     async fn on_record(&mut self, r: RecordIn<'_>, publisher: &Publisher, origin: &Arc<str>) {
+        let received = Instant::now();
         let pi = self.partition(r.topic, r.partition);
         let part = &mut self.partitions[pi];
         if let Some(limit) = part.skip_above {
@@ -582,6 +603,7 @@ impl State {
                         seq,
                         qos: plan.qos,
                         topic: plan.topic.clone(),
+                        received,
                     });
                     self.in_flight += 1;
                     // The topic moves into rumqttc: the copy kept above for
@@ -819,6 +841,8 @@ impl State {
         if let Some(c) = self.counters.get(publish.route) {
             c.forwarded.inc();
         }
+        self.forward_latency
+            .observe(publish.received.elapsed().as_secs_f64());
     }
 
     /// The broker refused a publish (MQTT 5 reason code).
@@ -1110,8 +1134,8 @@ fn single(key: &PartitionKey, offset: Offset) -> TopicPartitionList {
 mod tests {
     use super::*;
 
-    fn state_with(records: usize) -> State {
-        let config = Arc::new(
+    fn test_config() -> Arc<ValidatedConfig> {
+        Arc::new(
             crate::config::validate(
                 crate::config::parse(
                     "mqtt: {url: 'mqtt://127.0.0.1:1883', clientIdPrefix: t}\n\
@@ -1122,7 +1146,49 @@ mod tests {
                 0,
             )
             .unwrap(),
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn dropping_the_connections_marks_every_one_down() {
+        // One lost connection ends them all; the others' loops are aborted
+        // and cannot report it, so the metric must not keep saying 1.
+        let config = test_config();
+        let observability = Observability::new(0, 1);
+        let (events_tx, _events) = mpsc::unbounded_channel();
+        let (fatal, _) = mpsc::unbounded_channel();
+        let mut p = Publisher {
+            config: config.clone(),
+            observability: observability.clone(),
+            events_tx,
+            fatal,
+            generation: 1,
+            connections: 2,
+            clients: Vec::new(),
+            loop_tasks: Vec::new(),
+            connected: vec![true; 2],
+            max_packet: vec![None; 2],
+            backoff: Backoff::default(),
+            reconnect_at: None,
+        };
+        let labels: Vec<_> = (0..2)
+            .map(|c| metrics::connection("mqtt", &config.client_id(format!("out-{c}"))))
+            .collect();
+        for l in &labels {
+            observability.metrics.connection_up.get_or_create(l).set(1);
+        }
+        p.drop_client();
+        for l in &labels {
+            assert_eq!(
+                observability.metrics.connection_up.get_or_create(l).get(),
+                0,
+                "{l:?}"
+            );
+        }
+    }
+
+    fn state_with(records: usize) -> State {
+        let config = test_config();
         let observability = Observability::new(0, 1);
         let (fatal, _) = mpsc::unbounded_channel();
         let producer = Arc::new(
@@ -1144,6 +1210,7 @@ mod tests {
                 seq,
                 qos: 2,
                 topic: "o".into(),
+                received: Instant::now(),
             });
             state.in_flight += 1;
         }

@@ -73,6 +73,8 @@ pub enum PollError {
     Refused(String),
     /// Connection lost or not possible; poll again to reconnect.
     Connection(String),
+    /// Every request handle of the connection was dropped: it is done.
+    Closed,
 }
 
 /// The request side of a connection.
@@ -243,6 +245,7 @@ impl MqttEventLoop {
                     Err(ConnectionError::ConnectionRefused(
                         code @ (C::BadUserNamePassword | C::NotAuthorized | C::BadClientId),
                     )) => Err(PollError::Refused(format!("{code:?}"))),
+                    Err(ConnectionError::RequestsDone) => Err(PollError::Closed),
                     Err(e) => Err(PollError::Connection(e.to_string())),
                 }
             }
@@ -304,6 +307,7 @@ impl MqttEventLoop {
                         | C::BadAuthenticationMethod
                         | C::ClientIdentifierNotValid),
                     )) => Err(PollError::Refused(format!("{code:?}"))),
+                    Err(ConnectionError::RequestsDone) => Err(PollError::Closed),
                     Err(e) => Err(PollError::Connection(e.to_string())),
                 }
             }

@@ -223,6 +223,8 @@ async fn poll_loop(
                 let _ = fatal.send(BridgeError::MqttRefused(format!("{client_id}: {why}")));
                 return;
             }
+            // The pipeline dropped its client: it has finished.
+            Err(PollError::Closed) => return,
             Err(PollError::Connection(why)) => {
                 observability
                     .metrics
@@ -235,9 +237,6 @@ async fn poll_loop(
                     .get_or_create(&labels)
                     .inc();
                 if events.send(LoopEvent::Disconnected).await.is_err() {
-                    return;
-                }
-                if why.contains("Requests done") {
                     return;
                 }
                 let delay = backoff.next_delay();
