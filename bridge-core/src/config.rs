@@ -126,7 +126,8 @@ fn default_max_in_flight_publishes() -> u32 {
 /// read by `bridge-runtime check` so a user can try a manifest before
 /// applying it, with the very rules the operator runs. Only the
 /// Kubernetes-free part of the spec is read; the rest (`image`,
-/// `resources`, `template`, `http`) is the CRD's and the operator's to check.
+/// `resources`, `template`, `http`, `progressDeadlineSeconds`) is the
+/// CRD's and the operator's to check.
 #[derive(Clone, Debug, Deserialize)]
 pub struct BridgeManifest {
     /// Must be `MqttKafkaBridge`.

@@ -77,6 +77,13 @@ pub const JSON_FIELD_PATTERN: &str = r"^[^.]+(\.[^.]+)*$";
 
 /// Replicas of a bridge (custom resource only).
 pub const REPLICAS: RangeInclusive<i64> = 0..=64;
+/// `progressDeadlineSeconds` (custom resource only): how long a rolled slot
+/// may take to become Ready before its rollout halts. Below 10 s a bridge
+/// still connecting to a remote Kafka would halt every rollout.
+pub const PROGRESS_DEADLINE_SECONDS: RangeInclusive<i64> = 10..=86_400;
+/// Default of `progressDeadlineSeconds`: room for a TLS handshake, a SASL
+/// exchange and a consumer group join against a slow remote cluster.
+pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: i32 = 180;
 /// MQTT connections per replica.
 pub const CONNECTIONS: RangeInclusive<u16> = 1..=64;
 /// MQTT keep-alive in seconds.

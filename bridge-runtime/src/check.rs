@@ -33,7 +33,7 @@ pub fn check_manifest(text: &str) -> Result<Option<String>, BridgeError> {
     let _ = writeln!(
         out,
         "{BRIDGE_KIND} {}: spec OK ({} replica(s), {} MQTT→Kafka and {} Kafka→MQTT route(s)); \
-         the Kubernetes fields (image, resources, template, http) are checked by the CRD and the operator",
+         the Kubernetes fields (image, resources, template, http, progressDeadlineSeconds) are checked by the CRD and the operator",
         manifest.metadata.name.as_deref().unwrap_or("(unnamed)"),
         spec.replicas,
         checked.routes.mqtt_to_kafka.len(),

@@ -13,7 +13,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use bridge_core::rules::REPLICAS;
+use bridge_core::rules::{DEFAULT_PROGRESS_DEADLINE_SECONDS, PROGRESS_DEADLINE_SECONDS, REPLICAS};
 
 use crate::{KafkaSpec, MqttSpec, Route, SecretKeyRef};
 
@@ -93,6 +93,16 @@ pub struct MqttKafkaBridgeSpec {
     /// The bridge's HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSpec>,
+    /// Seconds a slot given a change may take to become Ready (its
+    /// `/readyz`) before the rollout halts with `RolloutHalted` and the other
+    /// slots keep the previous configuration (each slot Deployment's
+    /// `progressDeadlineSeconds`; a crash-looping pod halts it at once).
+    #[serde(default = "default_progress_deadline_seconds")]
+    #[schemars(range(
+        min = *PROGRESS_DEADLINE_SECONDS.start(),
+        max = *PROGRESS_DEADLINE_SECONDS.end()
+    ))]
+    pub progress_deadline_seconds: i32,
     /// How the bridge pods are made (Strimzi's `template` vocabulary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<BridgeTemplate>,
@@ -100,6 +110,10 @@ pub struct MqttKafkaBridgeSpec {
 
 fn default_replicas() -> i32 {
     1
+}
+
+fn default_progress_deadline_seconds() -> i32 {
+    DEFAULT_PROGRESS_DEADLINE_SECONDS
 }
 
 /// The bridge's HTTP endpoint.

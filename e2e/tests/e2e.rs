@@ -985,6 +985,115 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
         ),
     );
 
+    // 8b. A slot that runs but never turns Ready halts the rollout at the
+    //     bridge's own progress deadline (`spec.progressDeadlineSeconds`,
+    //     here 15 s instead of the default 180): a Kafka address where
+    //     nothing listens keeps slot 0's new pod NotReady without a crash
+    //     (its /healthz holds). The other slots keep their pods. Put back
+    //     (and the deadline back to its default), slot 0 runs again.
+    let cr: serde_json::Value = serde_json::from_str(
+        &run(
+            s.kubectl()
+                .args(["get", "mkb", BRIDGE, "-n", &ns, "-o", "json"]),
+            None,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let good_bootstrap = cr["spec"]["kafka"]["bootstrapServers"].clone();
+    let merge = |patch: serde_json::Value| {
+        run(
+            s.kubectl().args([
+                "patch",
+                "mkb",
+                BRIDGE,
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                &patch.to_string(),
+            ]),
+            None,
+        )
+        .unwrap();
+    };
+    let running: Vec<String> = bridge_pods(&pods).await.iter().map(uid).collect();
+    merge(serde_json::json!({"spec": {
+        "progressDeadlineSeconds": 15,
+        "kafka": {"bootstrapServers": "127.0.0.1:1"},
+    }}));
+    let started = Instant::now();
+    let (_, reason, message, _) = wait_until(
+        "the CR says RolloutHalted at the 15 s progress deadline",
+        Duration::from_secs(120),
+        || async {
+            ready_condition(&s, &ns)
+                .filter(|c| c.1 == "RolloutHalted" && c.2.contains("progress deadline of 15 s"))
+        },
+    )
+    .await;
+    let halted_after = started.elapsed();
+    assert!(
+        halted_after >= Duration::from_secs(14),
+        "halted before the deadline: {halted_after:?}: {message}"
+    );
+    assert!(message.contains("halted at slot 0"), "{message}");
+    for p in bridge_pods(&pods)
+        .await
+        .iter()
+        .filter(|p| slot(p) != Some(0))
+    {
+        assert!(
+            running.contains(&uid(p)),
+            "slot {:?} was rolled despite the halt",
+            slot(p)
+        );
+        let c = node::bridge_container(p).unwrap();
+        assert!(c.0, "slot {:?} is not Ready", slot(p));
+        assert_eq!(c.1, 0, "slot {:?} restarted", slot(p));
+    }
+    let stuck = bridge_pods(&pods)
+        .await
+        .into_iter()
+        .find(|p| slot(p) == Some(0))
+        .unwrap_or_else(|| panic!("{}", fail("no pod of slot 0")));
+    assert!(!running.contains(&uid(&stuck)), "slot 0 has a new pod");
+    assert_eq!(
+        node::bridge_container(&stuck).map(|c| (c.0, c.1)),
+        Some((false, 0)),
+        "slot 0's new pod runs NotReady, not restarted"
+    );
+    step(
+        t0,
+        &format!(
+            "a slot that never turns Ready: CR Ready=False {reason} after {:.0} s: {message}",
+            halted_after.as_secs_f64()
+        ),
+    );
+    merge(serde_json::json!({"spec": {
+        "progressDeadlineSeconds": null,
+        "kafka": {"bootstrapServers": good_bootstrap},
+    }}));
+    let started = Instant::now();
+    bridges_ready(SLOTS, &pods, None, &[uid(&stuck)], &fail).await;
+    kubectl_wait_ready(&s, &ns);
+    let deadlines: Vec<Option<i32>> = deployments
+        .list(&ListParams::default().labels(LABEL))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|d| d.spec.as_ref().and_then(|s| s.progress_deadline_seconds))
+        .collect();
+    assert_eq!(deadlines, vec![Some(180); SLOTS], "the default is back");
+    step(
+        t0,
+        &format!(
+            "Kafka address put back: slot 0 Ready again, CR Ready, in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ),
+    );
+
     // 9. A route change (a second route) reaches the slots one at a time
     //    while a fleet publishes: nothing is lost, and the new route
     //    carries data once rolled.

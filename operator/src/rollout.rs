@@ -187,8 +187,14 @@ fn slot_failure(have: &Deployment, pods: &[Pod], want: Option<&str>) -> Option<S
                 && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
         });
     deadline_missed.then(|| {
+        let seconds = have
+            .spec
+            .as_ref()
+            .and_then(|s| s.progress_deadline_seconds)
+            .map(|d| format!(" of {d} s (spec.progressDeadlineSeconds)"))
+            .unwrap_or_default();
         format!(
-            "Deployment {} not Ready within its progress deadline",
+            "Deployment {} not Ready within its progress deadline{seconds}",
             have.name_any()
         )
     })
@@ -423,10 +429,24 @@ mod tests {
                 ..Default::default()
             }]);
         }
+        if let Some(s) = slot0.spec.as_mut() {
+            s.progress_deadline_seconds = Some(30);
+        }
         let live = vec![slot0, deployment(1, "old", "c1", true)];
         let want: Vec<_> = (0..2).map(|s| deployment(s, "new", "c2", false)).collect();
         let p = plan(&want, &live, &[]);
-        assert!(matches!(p.state, Rollout::Halted { slot: 0, .. }), "{p:?}");
+        match &p.state {
+            // The status says which deadline and where it is set.
+            Rollout::Halted {
+                slot: 0, failure, ..
+            } => assert!(
+                failure.ends_with(
+                    "not Ready within its progress deadline of 30 s (spec.progressDeadlineSeconds)"
+                ),
+                "{failure}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

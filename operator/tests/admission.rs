@@ -156,6 +156,11 @@ async fn invalid_manifests_are_rejected_naming_the_field() {
             "spec.http.port",
         ),
         (
+            "a progress deadline of 5 s",
+            |v| v["spec"]["progressDeadlineSeconds"] = json!(5),
+            "spec.progressDeadlineSeconds",
+        ),
+        (
             "negative replicas",
             |v| v["spec"]["replicas"] = json!(-1),
             "spec.replicas",

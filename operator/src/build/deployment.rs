@@ -129,7 +129,7 @@ pub fn deployment(
             }),
             revision_history_limit: Some(3),
             // A slot not Ready this long halts the rollout (`rollout`).
-            progress_deadline_seconds: Some(PROGRESS_DEADLINE_SECONDS),
+            progress_deadline_seconds: Some(spec.progress_deadline_seconds),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
@@ -174,11 +174,6 @@ pub fn deployment(
     stamp_revision(&mut deployment);
     deployment
 }
-
-/// How long a rolled slot may take to become Ready before its rollout
-/// halts (the Deployment's `progressDeadlineSeconds`). A crash-looping pod
-/// halts it at once.
-pub const PROGRESS_DEADLINE_SECONDS: i32 = 180;
 
 /// Puts the hash of the pod template on the Deployment and its template.
 fn stamp_revision(deployment: &mut Deployment) {
@@ -346,6 +341,26 @@ mod tests {
             let owners = d.metadata.owner_references.as_ref().unwrap();
             assert_eq!(owners[0].controller, Some(true));
         }
+    }
+
+    #[test]
+    fn the_progress_deadline_comes_from_the_spec() {
+        let mut bridge = fixtures::hivemq_confluent();
+        let deadline = |bridge: &crds::MqttKafkaBridge| {
+            build(&fixtures::validated(bridge, resolved()), &settings())
+                .unwrap()
+                .deployments
+                .iter()
+                .map(|d| d.spec.as_ref().unwrap().progress_deadline_seconds)
+                .collect::<Vec<_>>()
+        };
+        // The example does not set it: the default.
+        assert_eq!(
+            deadline(&bridge),
+            vec![Some(bridge_core::rules::DEFAULT_PROGRESS_DEADLINE_SECONDS); 2]
+        );
+        bridge.spec.progress_deadline_seconds = 600;
+        assert_eq!(deadline(&bridge), vec![Some(600); 2]);
     }
 
     #[test]
