@@ -128,6 +128,32 @@ fn condition(s: &Servers, ns: &str, type_: &str) -> Option<(String, String, Stri
     ))
 }
 
+/// The bridge's custom resource as JSON.
+fn bridge_cr(s: &Servers, ns: &str) -> serde_json::Value {
+    let out = run(
+        s.kubectl()
+            .args(["get", "mkb", BRIDGE, "-n", ns, "-o", "json"]),
+        None,
+    )
+    .unwrap();
+    serde_json::from_str(&out).unwrap()
+}
+
+/// While a rollout is halted at slot 0: every other slot still has its
+/// pod from before (one of `running`), Ready and not restarted.
+fn other_slots_kept(now: &[Pod], running: &[String]) {
+    for p in now.iter().filter(|p| slot(p) != Some(0)) {
+        assert!(
+            running.contains(&uid(p)),
+            "slot {:?} was rolled despite the halt",
+            slot(p)
+        );
+        let c = node::bridge_container(p).unwrap();
+        assert!(c.0, "slot {:?} is not Ready", slot(p));
+        assert_eq!(c.1, 0, "slot {:?} restarted", slot(p));
+    }
+}
+
 fn kubectl_wait_ready(s: &Servers, ns: &str) {
     run(
         s.kubectl().args([
@@ -914,16 +940,7 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
     );
     // The other slots: the same pods as before, not restarted, Ready, and
     // carrying what sensors publish while the rollout is halted.
-    for p in failing.iter().filter(|p| slot(p) != Some(0)) {
-        assert!(
-            good_uids.contains(&uid(p)),
-            "slot {:?} was rolled despite the halt",
-            slot(p)
-        );
-        let c = node::bridge_container(p).unwrap();
-        assert!(c.0, "slot {:?} is not Ready", slot(p));
-        assert_eq!(c.1, 0, "slot {:?} restarted", slot(p));
-    }
+    other_slots_kept(&failing, &good_uids);
     let h = publish(&s, &root, "", "h", 100, 6).await;
     let during_halt = records::read(
         &s.kafka(),
@@ -991,15 +1008,7 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
     //     nothing listens keeps slot 0's new pod NotReady without a crash
     //     (its /healthz holds). The other slots keep their pods. Put back
     //     (and the deadline back to its default), slot 0 runs again.
-    let cr: serde_json::Value = serde_json::from_str(
-        &run(
-            s.kubectl()
-                .args(["get", "mkb", BRIDGE, "-n", &ns, "-o", "json"]),
-            None,
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let cr = bridge_cr(&s, &ns);
     let good_bootstrap = cr["spec"]["kafka"]["bootstrapServers"].clone();
     let merge = |patch: serde_json::Value| {
         run(
@@ -1038,20 +1047,7 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
         "halted before the deadline: {halted_after:?}: {message}"
     );
     assert!(message.contains("halted at slot 0"), "{message}");
-    for p in bridge_pods(&pods)
-        .await
-        .iter()
-        .filter(|p| slot(p) != Some(0))
-    {
-        assert!(
-            running.contains(&uid(p)),
-            "slot {:?} was rolled despite the halt",
-            slot(p)
-        );
-        let c = node::bridge_container(p).unwrap();
-        assert!(c.0, "slot {:?} is not Ready", slot(p));
-        assert_eq!(c.1, 0, "slot {:?} restarted", slot(p));
-    }
+    other_slots_kept(&bridge_pods(&pods).await, &running);
     let stuck = bridge_pods(&pods)
         .await
         .into_iter()
@@ -1121,15 +1117,7 @@ async fn from_kubectl_apply_to_sensor_data_and_back() {
             .unwrap()
             .items,
     );
-    let cr: serde_json::Value = serde_json::from_str(
-        &run(
-            s.kubectl()
-                .args(["get", "mkb", BRIDGE, "-n", &ns, "-o", "json"]),
-            None,
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let cr = bridge_cr(&s, &ns);
     let mut v2 = cr["spec"]["routes"][0].clone();
     v2["name"] = "readings-v2".into();
     v2["mqttToKafka"]["mqttTopicFilter"] = format!("{root}v2/sensors/+/temperature").into();
