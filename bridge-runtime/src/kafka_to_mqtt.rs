@@ -325,9 +325,14 @@ impl Publisher {
         }
     }
 
+    /// Client id of publishing connection `conn`.
+    fn client_id(&self, conn: usize) -> String {
+        self.config.client_id(format!("out-{conn}"))
+    }
+
     /// Starts connection `conn`; false when it cannot be built (reported as fatal).
     fn start_connection(&mut self, conn: usize) -> bool {
-        let client_id = self.config.client_id(format!("out-{conn}"));
+        let client_id = self.client_id(conn);
         let built = mqtt_side::connect(
             &self.config,
             ConnectionKind {
@@ -410,7 +415,7 @@ impl Publisher {
             t.abort();
         }
         for conn in 0..self.connections {
-            let client_id = self.config.client_id(format!("out-{conn}"));
+            let client_id = self.client_id(conn);
             self.observability
                 .metrics
                 .connection_up
@@ -1172,7 +1177,7 @@ mod tests {
             reconnect_at: None,
         };
         let labels: Vec<_> = (0..2)
-            .map(|c| metrics::connection("mqtt", &config.client_id(format!("out-{c}"))))
+            .map(|c| metrics::connection("mqtt", &p.client_id(c)))
             .collect();
         for l in &labels {
             observability.metrics.connection_up.get_or_create(l).set(1);
