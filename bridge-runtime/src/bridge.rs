@@ -32,6 +32,10 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// How long the process waits, once drained or past its grace period, for
+/// tasks still inside Kafka calls before it exits anyway.
+const TEARDOWN: Duration = Duration::from_secs(5);
+
 /// Entry point of `bridge-runtime run`.
 pub fn main(path: &Path) -> ExitCode {
     limit_malloc_arenas();
@@ -56,7 +60,14 @@ pub fn main(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(Arc::new(config))) {
+    let outcome = runtime.block_on(run(Arc::new(config)));
+    // A pipeline that did not stop within the grace period may sit in a
+    // blocking Kafka call (the final synchronous commit, a consumer close
+    // waiting for a group coordinator) while Kafka is down; dropping the
+    // runtime would wait for it for ever and the process would never exit.
+    // What it did not commit or acknowledge is delivered again.
+    runtime.shutdown_timeout(TEARDOWN);
+    match outcome {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

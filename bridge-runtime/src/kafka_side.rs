@@ -375,6 +375,32 @@ pub fn send(
     producer.send(base).map_err(|(e, r)| (e, r.delivery_opaque))
 }
 
+/// How long the last offset commit of a drain may wait for Kafka.
+pub const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Commits `offsets` and waits for Kafka's answer, at most `limit`.
+/// librdkafka's synchronous commit has no timeout of its own: with the
+/// group coordinator gone it waits for ever, and a bridge draining during a
+/// Kafka outage never exited. Past `limit` the commit is left behind on its
+/// blocking thread; the records since the last commit are consumed again.
+pub async fn commit_within(
+    consumer: &Arc<StreamConsumer<BridgeKafkaContext>>,
+    offsets: rdkafka::TopicPartitionList,
+    limit: Duration,
+) -> Result<(), BridgeError> {
+    use rdkafka::consumer::{CommitMode, Consumer};
+    let c = consumer.clone();
+    let commit = tokio::task::spawn_blocking(move || c.commit(&offsets, CommitMode::Sync));
+    match tokio::time::timeout(limit, commit).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(BridgeError::Kafka(format!("offset commit: {e}"))),
+        Ok(Err(e)) => Err(BridgeError::Kafka(format!("offset commit task: {e}"))),
+        Err(_) => Err(BridgeError::Kafka(format!(
+            "offset commit: no answer from Kafka within {limit:?}"
+        ))),
+    }
+}
+
 /// Asks Kafka for metadata and checks that `topics` exist; sets the
 /// readiness flags. Blocking: run it on a blocking thread.
 pub fn check_topics(producer: &BridgeProducer, topics: &[String], observability: &Observability) {
@@ -418,6 +444,49 @@ pub fn check_topics(producer: &BridgeProducer, topics: &[String], observability:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_commit_gives_up_when_kafka_does_not_answer() {
+        // Nothing listens on port 1: no group coordinator will ever answer.
+        // The runtime is left without waiting for the commit's blocking
+        // thread, which librdkafka keeps for tens of seconds.
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (outcome, took) = runtime.block_on(last_commit_to_nowhere());
+        runtime.shutdown_background();
+        assert!(
+            matches!(&outcome, Err(BridgeError::Kafka(m)) if m.contains("no answer from Kafka within")),
+            "{outcome:?}"
+        );
+        assert!(took < Duration::from_secs(4), "waited {took:?}");
+    }
+
+    async fn last_commit_to_nowhere() -> (Result<(), BridgeError>, Duration) {
+        let config = crate::config::validate(
+            crate::config::parse(
+                "mqtt: {url: 'mqtt://127.0.0.1:1883', clientIdPrefix: t}\n\
+                 kafka: {bootstrapServers: '127.0.0.1:1'}\n\
+                 routes:\n- name: out\n  kafkaToMqtt: {kafkaTopics: [t], mqttTopic: o}\n",
+            )
+            .unwrap(),
+            0,
+        )
+        .unwrap();
+        let (fatal, _fatal_rx) = tokio::sync::mpsc::unbounded_channel();
+        let consumer = Arc::new(
+            consumer(
+                &config,
+                context(Vec::new(), None, None, Observability::new(0, 1), fatal),
+            )
+            .unwrap(),
+        );
+        let mut offsets = rdkafka::TopicPartitionList::new();
+        offsets
+            .add_partition_offset("t", 0, rdkafka::Offset::Offset(42))
+            .unwrap();
+        let started = Instant::now();
+        let outcome = commit_within(&consumer, offsets, Duration::from_secs(2)).await;
+        (outcome, started.elapsed())
+    }
 
     fn prefetch(window: u32, key: &str) -> i64 {
         consumer_prefetch(window)

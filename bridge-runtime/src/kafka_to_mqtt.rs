@@ -123,6 +123,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     fatal: UnboundedSender<BridgeError>,
 ) {
+    // Shared with the last commit's blocking thread (`commit_within`).
+    let consumer = Arc::new(consumer);
     let topics = config.routes.consumed_topics();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     if let Err(e) = consumer.subscribe(&topic_refs) {
@@ -254,12 +256,12 @@ pub async fn run(
     // The last commit waits for the broker: what was acknowledged during the
     // drain is not consumed again after the restart.
     let final_offsets = state.offsets_to_commit();
-    if final_offsets.count() > 0 {
-        let committed =
-            tokio::task::block_in_place(|| consumer.commit(&final_offsets, CommitMode::Sync));
-        if let Err(e) = committed {
-            tracing::warn!(error = %e, "final offset commit failed; the records since the last commit come again");
-        }
+    if final_offsets.count() > 0
+        && let Err(e) =
+            kafka_side::commit_within(&consumer, final_offsets, kafka_side::FINAL_COMMIT_TIMEOUT)
+                .await
+    {
+        tracing::warn!(error = %e, "final offset commit failed; the records since the last commit come again");
     }
     for c in &p.clients {
         c.disconnect().await;

@@ -291,3 +291,46 @@ async fn qos_2_kafka_to_mqtt() {
     collect(&mut rx, &mut again, Duration::from_secs(8)).await;
     assert_eq!(again.total, 0, "republished after a clean restart");
 }
+
+/// SIGTERM while Kafka is down: the consumer cannot leave its group and
+/// nothing can be committed, yet the bridge exits 0 within its grace period
+/// and the bounded steps after it, instead of waiting for Kafka. (The last
+/// commit waiting for a coordinator that does not answer is bounded too:
+/// `kafka_side::commit_within`, unit-tested; what it did not commit comes
+/// again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_kafka_outage_exits_after_the_grace_period() {
+    const COUNT: u32 = 1_000;
+    /// `shutdownGracePeriodSeconds` of the tests' bridges (`common::Bridge`).
+    const GRACE: u64 = 10;
+    let _serial = common::serial().await;
+    testenv::install_crypto_provider();
+    let p = testenv::unique_name("k2mterm");
+    create_topics(&[&p], 4).await;
+    let (_client, mut rx) = subscriber(&p, rumqttc::QoS::AtLeastOnce).await;
+    let mut bridge = Bridge::start(&p, &config(&p, 1, 2));
+    bridge.wait_ready(Duration::from_secs(30));
+    produce_numbered(p.clone(), COUNT, 5_000).await;
+    let mut tally = Tally::new(COUNT);
+    collect(&mut rx, &mut tally, Duration::from_secs(60)).await;
+    assert!(tally.missing().is_empty(), "{}", diagnostics(&bridge));
+
+    tokio::task::spawn_blocking(|| testenv::control("stop", "kafka"))
+        .await
+        .unwrap();
+    // Let the consumer notice: its group coordinator is gone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    bridge.sigterm();
+    let sent = Instant::now();
+    // The grace period, the HTTP and flush steps after it, the teardown bound.
+    let status = bridge.wait_exit(Duration::from_secs(GRACE + 5 + 5 + 5 + 10));
+    let took = sent.elapsed();
+    let log = bridge.log();
+    tokio::task::spawn_blocking(|| testenv::control("start", "kafka"))
+        .await
+        .unwrap();
+    let status = status
+        .unwrap_or_else(|| panic!("still running {took:?} after SIGTERM with Kafka down:\n{log}"));
+    println!("SIGTERM with Kafka down: exited with {status} after {took:?}");
+    assert!(status.success(), "{status}: {log}");
+}
