@@ -13,6 +13,7 @@
 //! - [`Verdict::Transient`]: anything else (timeouts, a broker restarting):
 //!   retried the same way, but not a reason to report the route as refused.
 
+use bytes::Bytes;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -113,34 +114,40 @@ pub fn mqtt_publish_size(
 }
 
 /// Size of a Kafka record as librdkafka compares it with `message.max.bytes`
-/// (payload, key and headers, plus a record's own overhead).
-pub fn kafka_record_size(payload: usize, key: usize, headers: &[(String, Vec<u8>)]) -> usize {
-    const RECORD_OVERHEAD: usize = 64;
-    let headers: usize = headers
-        .iter()
-        .map(|(k, v)| k.len() + v.len() + HEADER_OVERHEAD)
-        .sum();
-    payload + key + headers + RECORD_OVERHEAD
-}
-
-/// Encoding overhead of one record header (lengths as varints).
-const HEADER_OVERHEAD: usize = 10;
-
-/// What the origin header, which `kafka_side::send` adds to every record,
-/// takes of a record.
-pub fn origin_header_size(origin: &str) -> usize {
-    bridge_core::routes::ORIGIN_HEADER.len() + origin.len() + HEADER_OVERHEAD
-}
-
-/// The most payload bytes a dead-letter record may keep so that the whole
-/// record stays within `limit` (the original is too large to be held whole).
-pub fn dead_letter_payload_budget(
-    limit: usize,
+/// (payload, key and headers, plus a record's own overhead), with the
+/// origin header `kafka_side::send` adds to every record (bridge `origin`).
+pub fn kafka_record_size(
+    payload: usize,
     key: usize,
     headers: &[(String, Vec<u8>)],
     origin: &str,
 ) -> usize {
-    limit.saturating_sub(kafka_record_size(0, key, headers) + origin_header_size(origin))
+    const RECORD_OVERHEAD: usize = 64;
+    const HEADER_OVERHEAD: usize = 10;
+    let headers: usize = headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + HEADER_OVERHEAD)
+        .sum();
+    let origin_header = bridge_core::routes::ORIGIN_HEADER.len() + origin.len() + HEADER_OVERHEAD;
+    payload + key + headers + origin_header + RECORD_OVERHEAD
+}
+
+/// The payload of a dead-letter record: the original's, cut so that the
+/// whole record stays within `limit` (the original may be too large to be
+/// held whole). A shared slice, no copy.
+pub fn dead_letter_payload(
+    payload: &Bytes,
+    limit: usize,
+    key: usize,
+    headers: &[(String, Vec<u8>)],
+    origin: &str,
+) -> Bytes {
+    let budget = limit.saturating_sub(kafka_record_size(0, key, headers, origin));
+    if payload.len() > budget {
+        payload.slice(..budget)
+    } else {
+        payload.clone()
+    }
 }
 
 /// At most one log line per interval for one kind of event, saying how many
@@ -273,12 +280,20 @@ mod tests {
     #[test]
     fn dead_letter_budget_leaves_room_for_key_and_headers() {
         let headers = vec![("x-bridge-error".to_owned(), b"too_large".to_vec())];
-        let budget = dead_letter_payload_budget(1000, 10, &headers, "bridge-a");
+        let big = Bytes::from(vec![b'x'; 2000]);
+        let budget = dead_letter_payload(&big, 1000, 10, &headers, "bridge-a").len();
         // The origin header `kafka_side::send` adds counts too.
+        assert_eq!(kafka_record_size(budget, 10, &headers, "bridge-a"), 1000);
+        assert!(kafka_record_size(budget, 10, &headers, "") < 1000);
         assert_eq!(
-            kafka_record_size(budget, 10, &headers) + origin_header_size("bridge-a"),
-            1000
+            dead_letter_payload(&big, 10, 10, &headers, "bridge-a").len(),
+            0
         );
-        assert_eq!(dead_letter_payload_budget(10, 10, &headers, "bridge-a"), 0);
+        // A payload that fits is kept whole.
+        let small = Bytes::from_static(b"fits");
+        assert_eq!(
+            dead_letter_payload(&small, 1000, 10, &headers, "bridge-a"),
+            small
+        );
     }
 }

@@ -679,17 +679,13 @@ impl State {
         r: &RecordIn<'_>,
     ) {
         let key_len = r.key.as_ref().map_or(0, Bytes::len);
-        let budget = delivery::dead_letter_payload_budget(
+        let payload = delivery::dead_letter_payload(
+            &r.payload,
             self.max_record_bytes,
             key_len,
             &headers,
             self.config.origin(),
         );
-        let payload = if r.payload.len() > budget {
-            r.payload.slice(..budget)
-        } else {
-            r.payload.clone()
-        };
         let now = Instant::now();
         let record = Box::new(PendingRecord {
             owner: Owner::KafkaToMqtt,

@@ -474,7 +474,8 @@ impl Pipeline {
                 record.payload.len(),
                 record.key.as_ref().map_or(0, Bytes::len),
                 &record.headers,
-            ) + delivery::origin_header_size(origin);
+                origin,
+            );
             if !dead_letter
                 && (record_bytes > self.max_record_bytes || packet_bytes > self.max_packet_bytes)
             {
@@ -528,15 +529,13 @@ impl Pipeline {
             .inc();
         let headers = dead_letter_headers(&name, reason, why, source_topic);
         let key = record.key.as_ref().map_or(0, Bytes::len);
-        let budget = delivery::dead_letter_payload_budget(
+        record.payload = delivery::dead_letter_payload(
+            &record.payload,
             self.max_record_bytes,
             key,
             &headers,
             self.config.origin(),
         );
-        if record.payload.len() > budget {
-            record.payload = record.payload.slice(..budget);
-        }
         record.topic = dead_letter_topic.into();
         record.headers = headers;
         record.dead_letter = true;
